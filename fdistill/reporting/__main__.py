@@ -1,0 +1,123 @@
+"""Aggregate a Hydra multirun directory into ``<out>.{csv,md,tex}`` (and optional figures).
+
+Usage::
+
+    python -m fdistill.reporting --multirun-dir multirun/2026-01-01/12-00-00 --table "f-DISTILL Table 2 (DART)" \\
+        --paper-csv results/paper/fdistill_table2.csv --paper-dataset DART --method-key divergence \\
+        --out results/fdistill/table2_dart [--figure lambda-grid --figure-metric rougeL]
+
+Flags:
+  --multirun-dir DIR     Hydra multirun folder (jobs with .hydra/overrides.yaml + metrics.json); required.
+  --table NAME           table title (written in every output); required.
+  --out STEM             output path without suffix; writes STEM.csv, STEM.md, STEM.tex; required.
+  --paper-csv PATH       published numbers (columns paper,table,dataset,method,metric,value,source).
+  --paper-dataset NAME   keep only this dataset's rows of --paper-csv.
+  --method-key KEY       override whose value names the method (e.g. divergence); default: all varying
+                         non-seed overrides form the row label.
+  --alias OURS=PAPER     map one of our method labels to the paper's name (repeatable), e.g. sft=MLE.
+  --seed-key KEY         override that is the seed axis (default: seed).
+  --metrics M [M ...]    metrics (columns) to show, in order; default: all.
+  --lower-is-better M    extra metric names where smaller is better (repeatable); TER, R_llh, R_cvg, losses,
+                         perplexity, time, Self-BLEU are already known.
+  --digits N             decimals in md/tex (default 2).
+  --figure KIND          lambda-grid | student-size | quality-diversity; writes STEM_<KIND>.{png,pdf}.
+  --figure-metric M      y metric of the figure (quality metric for quality-diversity).
+  --diversity-metric M   x metric of quality-diversity (default self_bleu).
+  --x-key KEY            override on the x axis (default per kind: distill.lam, student.encoder_layers,
+                         generation.temperature).
+  --series-key KEY       override that defines the lines (default: divergence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+
+from fdistill.reporting.aggregate import aggregate_over_seeds
+from fdistill.reporting.collect import collect_jobs
+from fdistill.reporting.figures import plot_lambda_grid, plot_quality_diversity, plot_student_size
+from fdistill.reporting.paper import join_paper, load_paper_csv
+from fdistill.reporting.provenance import (
+    COMMIT_METADATA_KEYS,
+    HARDWARE_METADATA_KEYS,
+    distinct_metadata,
+    git_commit,
+    machine_description,
+)
+from fdistill.reporting.tables import TableContext, add_marks, write_tables
+
+DEFAULT_X_KEYS = {"lambda-grid": "distill.lam", "student-size": "student.encoder_layers",
+                  "quality-diversity": "generation.temperature"}
+
+
+def parse_alias(text: str) -> tuple[str, str]:
+    """``"ours=paper"`` → ``("ours", "paper")``."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"alias {text!r} must look like OURS=PAPER, e.g. sft=MLE")
+    ours, paper = text.split("=", 1)
+    return ours, paper
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fdistill.reporting", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--multirun-dir", required=True)
+    parser.add_argument("--table", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--paper-csv")
+    parser.add_argument("--paper-dataset")
+    parser.add_argument("--method-key")
+    parser.add_argument("--alias", action="append", type=parse_alias, default=[])
+    parser.add_argument("--seed-key", default="seed")
+    parser.add_argument("--metrics", nargs="+")
+    parser.add_argument("--lower-is-better", action="append", default=[])
+    parser.add_argument("--digits", type=int, default=2)
+    parser.add_argument("--figure", choices=sorted(DEFAULT_X_KEYS))
+    parser.add_argument("--figure-metric")
+    parser.add_argument("--diversity-metric", default="self_bleu")
+    parser.add_argument("--x-key")
+    parser.add_argument("--series-key", default="divergence")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(arguments)
+    if args.figure and not args.figure_metric:
+        raise SystemExit("--figure needs --figure-metric (the metric on the y axis)")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    jobs, missing = collect_jobs(args.multirun_dir)
+    aggregated, fixed = aggregate_over_seeds(jobs, seed_key=args.seed_key, method_key=args.method_key)
+    paper = load_paper_csv(args.paper_csv, args.paper_dataset) if args.paper_csv else None
+    marked = add_marks(join_paper(aggregated, paper, dict(args.alias)), args.lower_is_better)
+    run_hardware = distinct_metadata(jobs, HARDWARE_METADATA_KEYS)
+    provenance = [
+        f"Runs' hardware (metrics.json metadata): {'; '.join(run_hardware) if run_hardware else 'not recorded'}",
+        f"Reporting machine: {machine_description()}",
+        f"Git commit (reporting): {git_commit()}",
+        *[f"Run {entry}" for entry in distinct_metadata(jobs, COMMIT_METADATA_KEYS)],
+        f"Command: {shlex.join(['python', '-m', 'fdistill.reporting', *arguments])}",
+        f"Multirun dir: {args.multirun_dir} ({len(jobs)} finished jobs, {len(missing)} without metrics.json)",
+        f"Fixed overrides: {', '.join(f'{key}={value}' for key, value in fixed.items()) or 'none'}",
+    ]
+    written = write_tables(marked, args.out, TableContext(args.table, provenance), args.metrics, args.digits)
+    if args.figure:
+        x_key = args.x_key or DEFAULT_X_KEYS[args.figure]
+        stem = f"{args.out}_{args.figure}"
+        if args.figure == "lambda-grid":
+            written += plot_lambda_grid(aggregated, args.figure_metric, stem, x_key, args.series_key)
+        elif args.figure == "student-size":
+            written += plot_student_size(aggregated, args.figure_metric, stem, x_key, args.series_key)
+        else:
+            written += plot_quality_diversity(aggregated, args.figure_metric, args.diversity_metric, stem,
+                                              x_key, args.series_key)
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

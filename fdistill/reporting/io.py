@@ -1,0 +1,44 @@
+"""Atomic file writes for tables and figures (temp file in the target folder + os.replace)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+FIGURE_FORMATS = ("png", "pdf")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` so readers never see a half-written file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def save_figure(figure, out_stem: str | os.PathLike, formats: Iterable[str] = FIGURE_FORMATS) -> list[Path]:
+    """Save a matplotlib figure as ``<out_stem>.<fmt>`` for each format, atomically; returns the paths."""
+    stem = Path(out_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        target = stem.with_name(f"{stem.name}.{fmt}")
+        handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            figure.savefig(temp_name, format=fmt, bbox_inches="tight", dpi=150)
+            os.replace(temp_name, target)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        written.append(target)
+    return written

@@ -1,0 +1,60 @@
+"""What produced a table: hardware (from the runs' metadata and of this machine) and git commit."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from fdistill.reporting.collect import JobResult
+
+HARDWARE_METADATA_KEYS = ("hardware", "device", "gpu", "gpu_name", "cpu", "cpu_model")
+COMMIT_METADATA_KEYS = ("git_commit", "commit")
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else :func:`platform.processor`."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def gpu_names() -> list[str]:
+    """Names of visible CUDA devices (empty without CUDA or torch)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+
+
+def machine_description() -> str:
+    """``"CPU: <model> (<n> cores); GPU: <names or none>"`` for the machine running this code."""
+    gpus = gpu_names()
+    return f"CPU: {cpu_model()} ({os.cpu_count()} cores); GPU: {', '.join(gpus) if gpus else 'none'}"
+
+
+def git_commit(repo_dir: str | Path = ".") -> str:
+    """``git rev-parse HEAD`` (suffixed ``-dirty`` with uncommitted changes), or ``"unknown"`` outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def distinct_metadata(jobs: Sequence[JobResult], keys: Sequence[str]) -> list[str]:
+    """Sorted distinct ``key: value`` strings found in the jobs' metrics.json metadata."""
+    return sorted({f"{key}: {job.metadata[key]}" for job in jobs for key in keys if job.metadata.get(key)})
+

@@ -1,0 +1,118 @@
+"""Aggregation of a fake Hydra multirun dir: mean ± std over seeds, marks, paper join, written outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from fdistill.reporting import (
+    add_marks,
+    aggregate_over_seeds,
+    collect_jobs,
+    higher_is_better,
+    join_paper,
+    load_paper_csv,
+)
+from fdistill.reporting.__main__ import main
+
+# (divergence, seed) -> metrics; js is better on bleu (higher) and ter (lower).
+FAKE_METRICS = {
+    ("kl", 1): {"bleu": 30.0, "ter": 0.60, "bertscore": "unavailable: no encoder offline"},
+    ("kl", 2): {"bleu": 32.0, "ter": 0.56, "bertscore": "unavailable: no encoder offline"},
+    ("js", 1): {"bleu": 40.0, "ter": 0.50, "bertscore": 0.9},
+    ("js", 2): {"bleu": 44.0, "ter": 0.40, "bertscore": 0.8},
+}
+
+
+def write_job(root, index, overrides, metrics):
+    job = root / "2026-01-01" / "12-00-00" / str(index)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {entry}\n" for entry in overrides))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps({"metrics": metrics, "metadata": {"gpu": "FakeGPU 80GB"}}))
+
+
+@pytest.fixture
+def multirun(tmp_path):
+    root = tmp_path / "multirun"
+    for index, ((divergence, seed), metrics) in enumerate(FAKE_METRICS.items()):
+        write_job(root, index, [f"divergence={divergence}", f"seed={seed}", "+experiment=dart"], metrics)
+    write_job(root, 99, ["divergence=tvd", "seed=1", "+experiment=dart"], None)  # unfinished job
+    return root
+
+
+@pytest.fixture
+def paper_csv(tmp_path):
+    path = tmp_path / "paper.csv"
+    path.write_text(
+        "# source: test fixture\n"
+        "paper,table,dataset,method,metric,value,source\n"
+        "f-DISTILL,Table 2,DART,KL,BLEU,46.0,fixture\n"
+        "f-DISTILL,Table 2,DART,JS,BLEU,47.0,fixture\n"
+        "f-DISTILL,Table 2,DART,ENGINE,BLEU,45.0,fixture\n"
+        "f-DISTILL,Table 2,DART,JS,TER,not transcribed,fixture\n"
+        "f-DISTILL,Table 2,XSum,JS,BLEU,1.0,fixture\n"
+    )
+    return path
+
+
+def frame_row(frame, method, metric):
+    rows = frame[(frame["method"] == method) & (frame["metric"] == metric)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_mean_std_over_seeds_and_unavailable(multirun):
+    jobs, missing = collect_jobs(multirun)
+    assert len(jobs) == 4 and len(missing) == 1
+    aggregated, fixed = aggregate_over_seeds(jobs, method_key="divergence")
+    assert fixed == {"experiment": "dart"}
+    js_bleu = frame_row(aggregated, "js", "bleu")
+    assert js_bleu["mean"] == pytest.approx(42.0) and js_bleu["n"] == 2
+    assert js_bleu["std"] == pytest.approx(math.sqrt(8.0))  # sample std of (40, 44)
+    kl_bert = frame_row(aggregated, "kl", "bertscore")
+    assert kl_bert["n"] == 0 and "no encoder offline" in kl_bert["unavailable"]
+
+
+def test_marks_follow_metric_direction(multirun):
+    aggregated, _ = aggregate_over_seeds(collect_jobs(multirun)[0], method_key="divergence")
+    marked = add_marks(join_paper(aggregated, None))
+    assert frame_row(marked, "js", "bleu")["mark_ours"] == "best"
+    assert frame_row(marked, "kl", "bleu")["mark_ours"] == "second"
+    assert frame_row(marked, "js", "ter")["mark_ours"] == "best"  # lower TER wins
+    assert not higher_is_better("TER") and not higher_is_better("R_llh") and higher_is_better("METEOR")
+
+
+def test_paper_join_by_normalised_names(multirun, paper_csv):
+    aggregated, _ = aggregate_over_seeds(collect_jobs(multirun)[0], method_key="divergence")
+    paper = load_paper_csv(paper_csv, dataset="dart")
+    marked = add_marks(join_paper(aggregated, paper))
+    assert frame_row(marked, "js", "bleu")["paper_value"] == 47.0
+    assert frame_row(marked, "js", "bleu")["mark_paper"] == "best"
+    engine = frame_row(marked, "ENGINE", "bleu")  # paper-only row, named with our metric spelling
+    assert engine["n"] == 0 and engine["paper_value"] == 45.0
+    assert math.isnan(frame_row(marked, "js", "ter")["paper_value"])
+
+
+def test_cli_writes_csv_md_tex_with_marks_and_provenance(multirun, paper_csv, tmp_path):
+    out = tmp_path / "results" / "fdistill" / "table2"
+    assert main(["--multirun-dir", str(multirun), "--table", "Table 2 (DART)", "--paper-csv", str(paper_csv),
+                 "--paper-dataset", "DART", "--method-key", "divergence", "--out", str(out)]) == 0
+    markdown = out.with_suffix(".md").read_text()
+    assert "| js | **42.00 ± 2.83 (n=2)** | **47.00** |" in markdown
+    assert "<u>31.00 ± 1.41 (n=2)</u>" in markdown
+    assert "FakeGPU 80GB" in markdown and "Git commit" in markdown and "--method-key divergence" in markdown
+    assert "n.t." in markdown and "1 without metrics.json" in markdown
+    latex = out.with_suffix(".tex").read_text()
+    assert r"\textbf{42.00 $\pm$ 2.83 (n=2)}" in latex and r"\underline{31.00 $\pm$ 1.41 (n=2)}" in latex
+    table = pd.read_csv(out.with_suffix(".csv"), comment="#")
+    assert set(table["method"]) == {"js", "kl", "ENGINE"}
+    assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_cli_rejects_unknown_method_key(multirun, tmp_path):
+    with pytest.raises(ValueError, match="method key 'loss'"):
+        main(["--multirun-dir", str(multirun), "--table", "t", "--method-key", "loss", "--out", str(tmp_path / "t")])
