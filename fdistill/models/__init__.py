@@ -1,0 +1,36 @@
+"""Models layer: tokenizers, teacher/student pairs, student initialisation, collation, logits, generation."""
+
+from fdistill.models.architectures import ARCHITECTURES
+from fdistill.models.collate import IGNORE_INDEX, SeqCollator
+from fdistill.models.forward import generate_targets, hidden_states, paired_hidden_states, token_logits
+from fdistill.models.pairs import (
+    load_teacher,
+    prepare_tiny_pair,
+    student_from_pair_config,
+    student_layer_plan,
+    teacher_layer_counts,
+)
+from fdistill.models.student import init_student, layer_map, spread_layers
+from fdistill.models.vocab import build_word_tokenizer, check_same_vocab, check_vocab_sizes, load_tokenizer
+
+__all__ = [
+    "ARCHITECTURES",
+    "IGNORE_INDEX",
+    "SeqCollator",
+    "build_word_tokenizer",
+    "check_same_vocab",
+    "check_vocab_sizes",
+    "generate_targets",
+    "hidden_states",
+    "init_student",
+    "layer_map",
+    "load_teacher",
+    "load_tokenizer",
+    "paired_hidden_states",
+    "prepare_tiny_pair",
+    "spread_layers",
+    "student_from_pair_config",
+    "student_layer_plan",
+    "teacher_layer_counts",
+    "token_logits",
+]
