@@ -25,6 +25,7 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -102,19 +103,29 @@ class SyntheticTask:
                                 f"(inputs available to this split), got {size!r}; raise num_entities or values_per_attribute for more")
 
     # ----- the true distribution -------------------------------------------------------------
-    @property
+    @cached_property
     def mode_probs(self) -> np.ndarray:
-        """True probability of each template k, proportional to ``mode_skew ** k``."""
+        """True probability of each template k, proportional to ``mode_skew ** k`` (read-only)."""
         weights = float(self.mode_skew) ** np.arange(self.num_modes, dtype=np.float64)
-        return weights / weights.sum()
+        probs = weights / weights.sum()
+        probs.flags.writeable = False
+        return probs
 
-    @property
+    @cached_property
     def entities(self) -> tuple[str, ...]:
         return tuple(a + b for a, b in itertools.product(ENTITY_SYLLABLES, repeat=2))[: self.num_entities]
 
-    @property
+    @cached_property
     def attribute_values(self) -> dict[str, tuple[str, ...]]:
         return {name: values[: self.values_per_attribute] for name, values in list(ATTRIBUTES.items())[: self.num_attributes]}
+
+    @cached_property
+    def attribute_subsets(self) -> list[tuple[str, ...]]:
+        return list(itertools.combinations(self.attribute_values, self.attributes_per_record))
+
+    @cached_property
+    def slot_orders(self) -> list[tuple[int, ...]]:
+        return list(itertools.permutations(range(self.attributes_per_record)))
 
     def vocabulary(self) -> list[str]:
         """Every word that can appear in a source or an output (for a word-level tokenizer)."""
@@ -148,7 +159,7 @@ class SyntheticTask:
 
     def verbalise(self, record: Record, mode: int) -> str:
         """Template ``mode`` applied to ``record``."""
-        orders = list(itertools.permutations(range(len(record.attributes))))
+        orders = self.slot_orders
         slots = [" ".join(record.attributes[position]) for position in orders[mode % len(orders)]]
         connector = CONNECTORS[mode % len(CONNECTORS)]
         phrase = " , ".join(slots[:-1]) + f" {connector} {slots[-1]}" if len(slots) > 1 else slots[0]
@@ -197,8 +208,7 @@ class SyntheticTask:
 
     def record_at(self, index: int) -> Record:
         """Input number ``index`` of the enumeration entity x attribute subset x values."""
-        attribute_values = self.attribute_values
-        subsets = list(itertools.combinations(list(attribute_values), self.attributes_per_record))
+        attribute_values, subsets = self.attribute_values, self.attribute_subsets
         index, value_code = divmod(index, self.values_per_attribute ** self.attributes_per_record)
         entity_index, subset_index = divmod(index, len(subsets))
         values = np.unravel_index(value_code, (self.values_per_attribute,) * self.attributes_per_record)
