@@ -84,6 +84,21 @@ def test_invalid_json_is_reported_with_the_file(tmp_path):
         load_examples("dart", "test", data_dir=tmp_path)
 
 
+def test_invalid_json_line_and_encoding_are_reported_with_file_and_line(tmp_path):
+    (tmp_path / "test.jsonl").write_text('{"document": "d", "summary": "s", "id": 1}\n{"document": \n')
+    with pytest.raises(DataError, match="test.jsonl:2: not a valid JSON line"):
+        load_examples("xsum", "test", data_dir=tmp_path)
+    (tmp_path / "test.source").write_bytes(b"caf\xe9\n")
+    (tmp_path / "test.target").write_text("x\n")
+    with pytest.raises(DataError, match="test.source: not valid UTF-8"):
+        load_examples("wmt16_en_ro", "test", data_dir=tmp_path)
+
+
+def test_data_dir_pointing_at_a_file_says_so(shared_data):
+    with pytest.raises(MissingDataFileError, match="it is a file, not a folder"):
+        load_examples("dart", "validation", data_dir=shared_data / "dart" / "dart-v1.1.1-full-dev.json")
+
+
 # ----- Commonsense-Dialogues ------------------------------------------------------------------
 def test_commonsense_dialogue_valid_one_example_per_turn(shared_data):
     examples = load_examples("commonsense_dialogue", "valid", data_dir=shared_data / "commonsense_dialogues")

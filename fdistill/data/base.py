@@ -92,7 +92,10 @@ def existing_file(data_dir: Path, file_name: str, dataset: str) -> Path:
     """``data_dir / file_name``, or an error naming the file the release layout expects."""
     path = data_dir / file_name
     if not path.is_file():
-        present = sorted(p.name for p in data_dir.iterdir()) if data_dir.is_dir() else "folder does not exist"
+        if data_dir.is_dir():
+            present = sorted(entry.name for entry in data_dir.iterdir())
+        else:
+            present = "it is a file, not a folder" if data_dir.exists() else "folder does not exist"
         raise MissingDataFileError(
             f"{dataset}: expected {path} (official release layout); found in {data_dir}: {present}. "
             f"Point dataset.data_dir at the folder holding the release files."
@@ -100,30 +103,36 @@ def existing_file(data_dir: Path, file_name: str, dataset: str) -> Path:
     return path
 
 
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not valid UTF-8 ({error})") from None
+
+
 def read_json(path: Path) -> Any:
     try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not valid JSON ({error})") from None
 
 
 def read_jsonl(path: Path) -> list[Any]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{line_number}: not a valid JSON line ({error})") from None
+    for line_number, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{line_number}: not a valid JSON line ({error})") from None
     return rows
 
 
 def read_lines(path: Path) -> list[str]:
-    with path.open(encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle]
+    """Lines without their newline (a final newline does not start an extra line)."""
+    lines = read_text(path).split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 class DatasetAdapter:
@@ -192,8 +201,13 @@ class DatasetAdapter:
         from datasets import load_dataset
 
         hub_split = self.hub_splits[split]
-        dataset = load_dataset(self.hub_id, self.hub_config, split=hub_split)
-        return dataset, f"hub {self.hub_id}" + (f" ({self.hub_config})" if self.hub_config else "") + f" split {hub_split}"
+        origin = f"hub {self.hub_id}" + (f" ({self.hub_config})" if self.hub_config else "") + f" split {hub_split}"
+        try:
+            return load_dataset(self.hub_id, self.hub_config, split=hub_split), origin
+        except Exception as error:
+            raise DataError(f"{self.name}: could not load {origin} ({type(error).__name__}: {error}); without hub "
+                            f"access set dataset.data_dir to a folder with the release files "
+                            f"{sorted(set(self.local_files.values()))}") from error
 
     def convert(self, row: Any, index: int, where: str, split: str) -> Iterator[Example]:
         """Examples made from one raw row; ``where`` names the file/hub record for error messages."""
