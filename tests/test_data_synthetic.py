@@ -146,6 +146,7 @@ def test_vocabulary_covers_every_word_and_word_classes_do_not_collide(task):
         ({"num_modes": 0}, r"num_modes must be an integer in \[1, 24\]"),
         ({"num_modes": 25}, r"num_modes must be an integer in \[1, 24\]"),
         ({"mode_skew": 0.0}, "mode_skew must be > 0"),
+        ({"seed": -1}, r"seed must be an integer in \[0, "),
         ({"num_train": 10**6}, r"num_train must be an integer in \[0, 80000\]"),
         ({"eval_references": "some"}, "eval_references must be one of"),
         ({"num_mode": 3}, r"unknown parameter\(s\) \['num_mode'\]"),

@@ -87,6 +87,7 @@ class SyntheticTask:
             "num_attributes": (1, len(ATTRIBUTES)),
             "attributes_per_record": (1, self.num_attributes),
             "values_per_attribute": (1, min(len(values) for values in ATTRIBUTES.values())),
+            "seed": (0, 2**63 - 1),
         }
         for name, (low, high) in limits.items():
             value = getattr(self, name)
