@@ -1,0 +1,221 @@
+"""The papers' model-based analyses and the synthetic task's exact metrics.
+
+All model analyses run batched on the models' device, in eval mode, without gradient. Sampling uses
+the global torch RNG: seed it before calling for reproducible numbers. Targets are response token ids
+as returned by ``generate_targets`` (eos kept): the eos token is scored like any other token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+TokenIds = Sequence[int]
+
+
+@contextlib.contextmanager
+def _eval_mode(*models: torch.nn.Module) -> Iterator[None]:
+    """Put the models in eval mode under ``torch.inference_mode``; restore their training flags after."""
+    was_training = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for model, training in zip(models, was_training, strict=True):
+            model.train(training)
+
+
+def _batches(length: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, length, batch_size):
+        yield slice(start, min(start + batch_size, length))
+
+
+def _logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    from fdistill.models import token_logits
+
+    device = next(model.parameters()).device
+    on_device = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+    return token_logits(model, on_device).float()
+
+
+def sample_targets(model: torch.nn.Module, collator, source_ids: Sequence[TokenIds], *, num_samples: int,
+                   max_new_tokens: int, temperature: float = 1.0, batch_size: int = 16) -> list[list[list[int]]]:
+    """``num_samples`` ancestral samples per input → ``[input][sample] -> token ids``."""
+    from fdistill.models import generate_targets
+
+    samples: list[list[list[int]]] = []
+    with _eval_mode(model):
+        for chunk in _batches(len(source_ids), batch_size):
+            prompts = collator.prompts(list(source_ids[chunk]))
+            generated = generate_targets(model, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                                         temperature=temperature, num_return_sequences=num_samples)
+            samples.extend(generated[i:i + num_samples] for i in range(0, len(generated), num_samples))
+    return samples
+
+
+def sequence_nll(model: torch.nn.Module, collator, source_ids: Sequence[TokenIds],
+                 target_ids: Sequence[TokenIds], *, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(−log model(y | x) summed per sequence [N], scored tokens per sequence [N])."""
+    nll_sums, token_counts = [], []
+    with _eval_mode(model):
+        for chunk in _batches(len(source_ids), batch_size):
+            batch = collator.from_ids(list(source_ids[chunk]), list(target_ids[chunk]))
+            logits = _logits(model, batch)
+            labels = batch["labels"].to(logits.device)
+            nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+            nll_sums.append(nll.sum(-1).cpu())
+            token_counts.append((labels != -100).sum(-1).cpu())
+    return torch.cat(nll_sums), torch.cat(token_counts)
+
+
+def _risk(nll_sums: torch.Tensor, token_counts: torch.Tensor) -> dict[str, float]:
+    """Per sequence: mean of summed NLL; per token: total NLL / total tokens (micro average)."""
+    return {"per_sequence": float(nll_sums.mean()), "per_token": float(nll_sums.sum() / token_counts.sum())}
+
+
+def likelihood_coverage_risk(teacher: torch.nn.Module, student: torch.nn.Module, collator,
+                             source_ids: Sequence[TokenIds], *, max_new_tokens: int, temperature: float = 1.0,
+                             batch_size: int = 16, student_samples: Sequence[TokenIds] | None = None,
+                             teacher_samples: Sequence[TokenIds] | None = None) -> dict[str, float]:
+    """f-DISTILL Table 3 risks, one sample per test input:
+
+    R_llh = E_{y ~ q_student}[−log p_teacher(y | x)] (does the student produce what the teacher finds
+    likely?) and R_cvg = E_{y ~ p_teacher}[−log q_student(y | x)] (does the student cover the teacher's
+    samples?). Reported per sequence (mean of summed NLL) and per token (total NLL / total tokens).
+    Pre-drawn samples (one per input) can be passed instead of sampling here.
+    """
+    if student_samples is None:
+        student_samples = [group[0] for group in sample_targets(
+            student, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
+            temperature=temperature, batch_size=batch_size)]
+    if teacher_samples is None:
+        teacher_samples = [group[0] for group in sample_targets(
+            teacher, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
+            temperature=temperature, batch_size=batch_size)]
+    likelihood = _risk(*sequence_nll(teacher, collator, source_ids, student_samples, batch_size=batch_size))
+    coverage = _risk(*sequence_nll(student, collator, source_ids, teacher_samples, batch_size=batch_size))
+    return {
+        "likelihood_risk_per_token": likelihood["per_token"],
+        "likelihood_risk_per_sequence": likelihood["per_sequence"],
+        "coverage_risk_per_token": coverage["per_token"],
+        "coverage_risk_per_sequence": coverage["per_sequence"],
+    }
+
+
+def distinct_bigram_percentage(samples_per_input: Sequence[Sequence[Sequence[str]]]) -> float:
+    """Mean over inputs of 100 · |distinct bigrams| / |bigrams| among that input's samples (tokens).
+
+    Inputs whose samples contain no bigram are left out; NaN when no input has one.
+    """
+    percentages = []
+    for samples in samples_per_input:
+        bigrams = [tuple(tokens[i:i + 2]) for tokens in samples for i in range(len(tokens) - 1)]
+        if bigrams:
+            percentages.append(100.0 * len(set(bigrams)) / len(bigrams))
+    return sum(percentages) / len(percentages) if percentages else math.nan
+
+
+def teacher_distinct_bigrams(teacher: torch.nn.Module, collator, source_ids: Sequence[TokenIds], *,
+                             max_new_tokens: int, num_samples: int = 5, temperature: float = 1.0,
+                             batch_size: int = 16) -> float:
+    """f-DISTILL Table 3 TeacherDist: distinct-bigram % among ``num_samples`` teacher samples per input,
+    averaged over inputs; samples are decoded (special tokens skipped) and split on whitespace."""
+    samples = sample_targets(teacher, collator, source_ids, num_samples=num_samples,
+                             max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+    tokenizer = collator.tokenizer
+    words = [[tokenizer.decode(ids, skip_special_tokens=True).split() for ids in group] for group in samples]
+    return distinct_bigram_percentage(words)
+
+
+def mean_token_kl(teacher: torch.nn.Module, student: torch.nn.Module, collator, source_ids: Sequence[TokenIds],
+                  target_ids: Sequence[TokenIds], *, batch_size: int = 16) -> float:
+    """Mean over all target positions of KL(p_teacher ‖ q_student) given the prefix ``target_ids[:t]``."""
+    from fdistill.divergences import get_divergence
+
+    kl = get_divergence("kl")
+    total, count = 0.0, 0
+    with _eval_mode(teacher, student):
+        for chunk in _batches(len(source_ids), batch_size):
+            batch = collator.from_ids(list(source_ids[chunk]), list(target_ids[chunk]))
+            student_logits, teacher_logits = _logits(student, batch), _logits(teacher, batch)
+            if student_logits.shape != teacher_logits.shape:
+                raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} and student logits "
+                                 f"{tuple(student_logits.shape)} differ: the pair must share a vocabulary")
+            valid = batch["labels"].to(student_logits.device) != -100
+            total += float(kl.per_token(student_logits, teacher_logits)[valid].sum())
+            count += int(valid.sum())
+    return total / count
+
+
+def exposure_bias_excess_error(teacher: torch.nn.Module, student: torch.nn.Module, collator,
+                               source_ids: Sequence[TokenIds], *, max_new_tokens: int,
+                               reference_target_ids: Sequence[TokenIds] | None = None, temperature: float = 1.0,
+                               batch_size: int = 16,
+                               student_samples: Sequence[TokenIds] | None = None) -> dict[str, float]:
+    """Excess error due to exposure bias (Arora et al. 2022, "Why Exposure Bias Matters"):
+    ExError% = 100 · (D_s − D_t) / D_t, with D = per-token KL(p_teacher ‖ q_student) averaged over
+    positions, D_t on teacher-forced prefixes (``reference_target_ids``: data targets, or one teacher
+    sample per input when None) and D_s on prefixes the student generated itself.
+    """
+    if reference_target_ids is None:
+        reference_target_ids = [group[0] for group in sample_targets(
+            teacher, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
+            temperature=temperature, batch_size=batch_size)]
+    if student_samples is None:
+        student_samples = [group[0] for group in sample_targets(
+            student, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
+            temperature=temperature, batch_size=batch_size)]
+    teacher_forced = mean_token_kl(teacher, student, collator, source_ids, reference_target_ids, batch_size=batch_size)
+    free_running = mean_token_kl(teacher, student, collator, source_ids, student_samples, batch_size=batch_size)
+    return {
+        "exposure_kl_teacher_prefixes": teacher_forced,
+        "exposure_kl_student_prefixes": free_running,
+        "ex_error_percent": 100.0 * (free_running - teacher_forced) / teacher_forced,
+    }
+
+
+def _entropy(probabilities: Sequence[float]) -> float:
+    return -sum(p * math.log(p) for p in probabilities if p > 0)
+
+
+def synthetic_exact_metrics(task, sources: Sequence[Any], outputs: Sequence[Any]) -> dict[str, float]:
+    """Exact metrics on the synthetic task, from its oracle (duck-typed: ``is_valid``, ``mode_of``,
+    ``mode_probs``):
+
+    - ``validity_rate``: fraction of valid outputs;
+    - ``modes_covered``: number of distinct modes hit by valid outputs;
+    - ``mode_entropy``: entropy (nats) of the empirical mode distribution among outputs with a mode
+      (``mode_entropy_true``: entropy of ``task.mode_probs``);
+    - ``mode_tv``: total variation between the empirical distribution over {modes, no mode} and the
+      true one (invalid or mode-less outputs count as mass on "no mode", whose true mass is 0).
+    """
+    if len(sources) != len(outputs) or not outputs:
+        raise ValueError(f"need one output per source and at least one: got {len(sources)} sources, "
+                         f"{len(outputs)} outputs")
+    true_probs = [float(p) for p in task.mode_probs]
+    valid = [bool(task.is_valid(source, output)) for source, output in zip(sources, outputs, strict=True)]
+    modes = [task.mode_of(source, output) if is_valid else None
+             for source, output, is_valid in zip(sources, outputs, valid, strict=True)]
+    mode_counts = Counter(mode for mode in modes if mode is not None)
+    unknown = [mode for mode in mode_counts if not 0 <= mode < len(true_probs)]
+    if unknown:
+        raise ValueError(f"task.mode_of returned modes {unknown} outside 0..{len(true_probs) - 1} (mode_probs)")
+    total = len(outputs)
+    empirical = [mode_counts[mode] / total for mode in range(len(true_probs))]
+    no_mode_mass = 1.0 - sum(empirical)
+    with_mode = sum(mode_counts.values())
+    return {
+        "validity_rate": sum(valid) / total,
+        "modes_covered": float(len(mode_counts)),
+        "mode_entropy": _entropy([count / with_mode for count in mode_counts.values()]) if with_mode else 0.0,
+        "mode_entropy_true": _entropy(true_probs),
+        "mode_tv": 0.5 * (sum(abs(e - p) for e, p in zip(empirical, true_probs, strict=True)) + no_mode_mass),
+    }

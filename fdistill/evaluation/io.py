@@ -1,0 +1,70 @@
+"""Run-directory artifacts: ``predictions.jsonl`` and ``metrics.json`` (atomic writes).
+
+``predictions.jsonl``: one JSON object per line with ``id``, ``source``, ``prediction``, ``references``
+(list of strings). ``metrics.json``: ``{"metrics": {flat name: value}, "metadata": {...}}`` where
+values are numbers, or a string "unavailable: <reason>" for an optional metric that could not run;
+metadata holds decoding settings, metric signatures, encoder names and value scales.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+PREDICTIONS_FILE = "predictions.jsonl"
+METRICS_FILE = "metrics.json"
+PREDICTION_FIELDS = ("id", "source", "prediction", "references")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False, encoding="utf-8") as handle:
+        handle.write(text)
+        temp_path = handle.name
+    os.replace(temp_path, path)
+
+
+def write_predictions(run_dir: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write ``predictions.jsonl``; each record needs id, source, prediction, references (list)."""
+    lines = []
+    for record in records:
+        missing = [name for name in PREDICTION_FIELDS if name not in record]
+        if missing:
+            raise ValueError(f"prediction record {record.get('id', '?')!r} lacks fields {missing}; "
+                             f"each record needs {list(PREDICTION_FIELDS)}")
+        if isinstance(record["references"], str):
+            raise ValueError(f"record {record['id']!r}: references must be a list of strings, got a string")
+        lines.append(json.dumps(record, ensure_ascii=False))
+    path = Path(run_dir) / PREDICTIONS_FILE
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return path
+
+
+def read_predictions(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Records of ``<run_dir>/predictions.jsonl``."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {PREDICTIONS_FILE} in {run_dir}: run the evaluation stage first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_metrics(run_dir: str | Path, metrics: dict[str, Any], metadata: dict[str, Any]) -> Path:
+    """Write ``<run_dir>/metrics.json`` as {"metrics": flat values, "metadata": ...}."""
+    path = Path(run_dir) / METRICS_FILE
+    atomic_write_text(path, json.dumps({"metrics": metrics, "metadata": metadata}, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_metrics(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, metadata) of ``<run_dir>/metrics.json``; empty dicts when it does not exist."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return {}, {}
+    content = json.loads(path.read_text(encoding="utf-8"))
+    return content["metrics"], content["metadata"]
