@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
 from fdistill.models.architectures import STACKS, architecture_of, auto_model_class, tiny_model_config
-from fdistill.models.student import init_student, plan_layers
 from fdistill.models.storage import staged_directory
+from fdistill.models.student import init_student, plan_layers
 from fdistill.models.vocab import build_word_tokenizer
 
 TINY_INIT_SEED = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -67,11 +68,10 @@ def check_same_vocab(
         only_a = sorted(set(vocab_a) - set(vocab_b))
         only_b = sorted(set(vocab_b) - set(vocab_a))
         moved = sorted(token for token in set(vocab_a) & set(vocab_b) if vocab_a[token] != vocab_b[token])
-        problems.append(
-            f"vocabulary sizes {len(vocab_a)} vs {len(vocab_b)}; {len(only_a)} tokens only in {name_a} "
-            f"(e.g. {only_a[:5]}), {len(only_b)} only in {name_b} (e.g. {only_b[:5]}), "
-            f"{len(moved)} with different ids (e.g. {moved[:5]})"
-        )
+        problems.append(f"vocabulary sizes {len(vocab_a)} vs {len(vocab_b)}")
+        for tokens, where in ((only_a, f"only in {name_a!r}"), (only_b, f"only in {name_b!r}"), (moved, "with different ids")):
+            if tokens:
+                problems.append(f"{len(tokens)} tokens {where} (e.g. {tokens[:5]})")
     for role in ("pad_token_id", "bos_token_id", "eos_token_id"):
         id_a, id_b = getattr(tokenizer_a, role), getattr(tokenizer_b, role)
         if id_a != id_b:
