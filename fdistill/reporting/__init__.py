@@ -13,10 +13,11 @@ from fdistill.reporting.collect import JobResult, collect_jobs
 from fdistill.reporting.figures import plot_lambda_grid, plot_lines, plot_quality_diversity, plot_student_size
 from fdistill.reporting.io import atomic_write_text, save_figure
 from fdistill.reporting.paper import join_paper, load_paper_csv
-from fdistill.reporting.tables import TableContext, add_marks, write_tables
+from fdistill.reporting.tables import TableContext, add_marks, frame_to_markdown, write_tables
 
 __all__ = [
     "JobResult", "TableContext", "add_marks", "aggregate_over_seeds", "atomic_write_text", "collect_jobs",
+    "frame_to_markdown",
     "higher_is_better", "join_paper", "load_paper_csv", "plot_lambda_grid", "plot_lines",
     "plot_quality_diversity", "plot_student_size", "rank_marks", "save_figure", "write_tables",
 ]

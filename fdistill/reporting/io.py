@@ -35,7 +35,9 @@ def save_figure(figure, out_stem: str | os.PathLike, formats: Iterable[str] = FI
         handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         os.close(handle)
         try:
-            figure.savefig(temp_name, format=fmt, bbox_inches="tight", dpi=150)
+            # No creation date in PDFs: re-running a deterministic script gives identical bytes.
+            metadata = {"CreationDate": None} if fmt == "pdf" else None
+            figure.savefig(temp_name, format=fmt, bbox_inches="tight", dpi=150, metadata=metadata)
             os.replace(temp_name, target)
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)

@@ -154,3 +154,13 @@ def write_tables(marked: pd.DataFrame, out_stem: str | Path, context: TableConte
         atomic_write_text(stem.with_name(stem.name + ".md"), render_markdown(marked, context, metrics, digits)),
         atomic_write_text(stem.with_name(stem.name + ".tex"), render_latex(marked, context, metrics, digits)),
     ]
+
+
+def frame_to_markdown(frame: pd.DataFrame, digits: int = 4) -> str:
+    """A plain GitHub Markdown table of ``frame`` (floats with ``digits`` decimals), for reports and toys."""
+    def cell(value) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
