@@ -24,8 +24,10 @@ COPIED_LAYERS_KEY = "fdistill_copied_layers"
 
 
 def spread_layers(num_teacher_layers: int, num_student_layers: int) -> list[int]:
-    """Teacher layers spread evenly with the first and the last kept (Shleifer & Rush 2020, Table 10):
-    12→3 gives [0, 6, 11], 12→6 [0, 2, 4, 7, 9, 11], 12→1 [0]."""
+    """Teacher layers spread evenly with the first and the last kept, as in Shleifer & Rush (2020)'s
+    layer choice: 12→3 gives [0, 6, 11], 12→6 [0, 2, 4, 7, 9, 11], 12→1 [0] (round half to even, which
+    also reproduces their 16→3 and 6→3). Where their hand-made table differs (12→4: [0, 4, 8, 11]), pass
+    the list explicitly."""
     if not 1 <= num_student_layers <= num_teacher_layers:
         raise ValueError(
             f"cannot pick {num_student_layers} student layers from {num_teacher_layers} teacher layers; "
