@@ -55,10 +55,10 @@ def test_head_mask_covers_half_the_mass(akl):
 
 
 def test_akl_short_run_rkl_leans_to_the_tail(akl):
-    curves, verdicts = akl.run(shapes=("unimodal",), inits=("uniform",), epochs=40, early_epochs=20)
+    curves, verdicts = akl.run(shapes=("unimodal",), inits=("uniform",), epochs=30, early_epochs=15)
     row = verdicts.iloc[0]
     assert row["rkl_tail_first"] and row["rkl_leans_tail_more"]
-    final = curves[curves["epoch"] == 40]
+    final = curves[curves["epoch"] == 30]
     assert (final["total_variation"] < curves[curves["epoch"] == 0]["total_variation"].max() / 2).all()
 
 
