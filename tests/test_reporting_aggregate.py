@@ -84,6 +84,8 @@ def test_marks_follow_metric_direction(multirun):
     assert frame_row(marked, "kl", "bleu")["mark_ours"] == "second"
     assert frame_row(marked, "js", "ter")["mark_ours"] == "best"  # lower TER wins
     assert not higher_is_better("TER") and not higher_is_better("R_llh") and higher_is_better("METEOR")
+    assert not higher_is_better("likelihood_risk_per_token") and not higher_is_better("ex_error_percent")
+    assert higher_is_better("rougeL") and higher_is_better("bertscore_f1") and higher_is_better("mode_entropy")
 
 
 def test_paper_join_by_normalised_names(multirun, paper_csv):

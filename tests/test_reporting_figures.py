@@ -25,19 +25,19 @@ def assert_written(paths, stem):
 
 
 def test_lambda_grid_and_student_size_write_png_and_pdf(tmp_path):
-    lam = aggregated_frame("distill.lam", {"rougeL": [30.0, 31.0, 33.0]})
+    lam = aggregated_frame("pipeline.distill.lam", {"rougeL": [30.0, 31.0, 33.0]})
     assert_written(plot_lambda_grid(lam, "rougeL", tmp_path / "lam"), tmp_path / "lam")
-    size = aggregated_frame("student.encoder_layers", {"bleu": [20.0, 24.0, 26.0]})
+    size = aggregated_frame("pair.student.num_encoder_layers", {"bleu": [20.0, 24.0, 26.0]})
     assert_written(plot_student_size(size, "bleu", tmp_path / "size"), tmp_path / "size")
 
 
 def test_quality_diversity_pairs_metrics_per_temperature(tmp_path):
-    frame = aggregated_frame("generation.temperature", {"rougeL": [35.0, 33.0, 30.0], "self_bleu": [80.0, 60.0, 40.0]})
+    frame = aggregated_frame("pipeline.evaluate.decoding.temperature", {"rougeL": [35.0, 33.0, 30.0], "self_bleu": [80.0, 60.0, 40.0]})
     assert_written(plot_quality_diversity(frame, "rougeL", "self_bleu", tmp_path / "qd"), tmp_path / "qd")
 
 
 def test_figure_with_unknown_metric_names_the_problem(tmp_path):
-    frame = aggregated_frame("distill.lam", {"rougeL": [1.0, 2.0, 3.0]})
+    frame = aggregated_frame("pipeline.distill.lam", {"rougeL": [1.0, 2.0, 3.0]})
     with pytest.raises(ValueError, match="non-empty"):
         plot_lambda_grid(frame, "bleu", tmp_path / "none")
     with pytest.raises(ValueError, match="override keys"):

@@ -18,13 +18,13 @@ Flags:
   --seed-key KEY         override that is the seed axis (default: seed).
   --metrics M [M ...]    metrics (columns) to show, in order; default: all.
   --lower-is-better M    extra metric names where smaller is better (repeatable); TER, R_llh, R_cvg, losses,
-                         perplexity, time, Self-BLEU are already known.
+                         risks, KLs, errors, perplexity, time, Self-BLEU are already known.
   --digits N             decimals in md/tex (default 2).
   --figure KIND          lambda-grid | student-size | quality-diversity; writes STEM_<KIND>.{png,pdf}.
   --figure-metric M      y metric of the figure (quality metric for quality-diversity).
   --diversity-metric M   x metric of quality-diversity (default self_bleu).
-  --x-key KEY            override on the x axis (default per kind: distill.lam, student.encoder_layers,
-                         generation.temperature).
+  --x-key KEY            override on the x axis (default per kind: pipeline.distill.lam,
+                         pair.student.num_encoder_layers, pipeline.evaluate.decoding.temperature).
   --series-key KEY       override that defines the lines (default: divergence).
 """
 
@@ -49,8 +49,8 @@ from fdistill.reporting.provenance import (
 )
 from fdistill.reporting.tables import TableContext, add_marks, write_tables
 
-DEFAULT_X_KEYS = {"lambda-grid": "distill.lam", "student-size": "student.encoder_layers",
-                  "quality-diversity": "generation.temperature"}
+DEFAULT_X_KEYS = {"lambda-grid": "pipeline.distill.lam", "student-size": "pair.student.num_encoder_layers",
+                  "quality-diversity": "pipeline.evaluate.decoding.temperature"}
 
 
 def parse_alias(text: str) -> tuple[str, str]:

@@ -10,9 +10,10 @@ import pandas as pd
 from fdistill.reporting.collect import JobResult
 
 # Metrics where smaller is better: TER (f-DISTILL Table 2), likelihood/coverage risks R_llh/R_cvg
-# (f-DISTILL Table 3), losses, perplexities, wall time (f-DISTILL Table 4), errors, Self-BLEU (GKD Fig. 5).
-LOWER_IS_BETTER = ("ter", "r_llh", "r_cvg", "rllh", "rcvg", "loss", "ppl", "perplexity", "time", "seconds",
-                   "error", "exerror", "ece", "self_bleu", "selfbleu")
+# (f-DISTILL Table 3; fdistill.evaluation names them *_risk_*), exposure-bias KLs and ExError, losses,
+# perplexities, wall time (f-DISTILL Table 4), total variation to the true modes, Self-BLEU (GKD Fig. 5).
+LOWER_IS_BETTER = ("ter", "r_llh", "r_cvg", "rllh", "rcvg", "risk", "kl", "loss", "ppl", "perplexity", "time",
+                   "seconds", "error", "exerror", "ece", "tv", "self_bleu", "selfbleu")
 BEST, SECOND = "best", "second"
 AGGREGATE_COLUMNS = ["method", "metric", "mean", "std", "n", "unavailable"]
 
@@ -38,7 +39,7 @@ def method_labels(jobs: Sequence[JobResult], seed_key: str, method_key: str | No
     """One label per job from its non-seed overrides that vary across jobs; also the constant overrides.
 
     With ``method_key`` (e.g. ``divergence``) the label starts with that override's value and the other
-    varying overrides follow in parentheses: ``"js (distill.lam=0.5)"``.
+    varying overrides follow in parentheses: ``"js (pipeline.distill.lam=0.5)"``.
     """
     keys = sorted({key for job in jobs for key in job.overrides if key != seed_key})
     if method_key is not None and method_key not in keys:

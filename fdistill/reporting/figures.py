@@ -54,7 +54,7 @@ def _metric_points(aggregated: pd.DataFrame, metric: str, x_key: str, series_key
 
 
 def plot_lambda_grid(aggregated: pd.DataFrame, metric: str, out_stem: str | Path,
-                     lambda_key: str = "distill.lam", divergence_key: str = "divergence") -> list[Path]:
+                     lambda_key: str = "pipeline.distill.lam", divergence_key: str = "divergence") -> list[Path]:
     """GKD Fig. 7 style: ``metric`` vs λ (fraction of on-policy student data), one line per divergence."""
     points = _metric_points(aggregated, metric, lambda_key, divergence_key)
     return plot_lines(points, out_stem, xlabel="λ (student-generated data fraction)", ylabel=metric,
@@ -62,7 +62,7 @@ def plot_lambda_grid(aggregated: pd.DataFrame, metric: str, out_stem: str | Path
 
 
 def plot_student_size(aggregated: pd.DataFrame, metric: str, out_stem: str | Path,
-                      size_key: str = "student.encoder_layers", series_key: str = "divergence") -> list[Path]:
+                      size_key: str = "pair.student.num_encoder_layers", series_key: str = "divergence") -> list[Path]:
     """f-DISTILL Fig. 2 style: ``metric`` vs number of student encoder layers, one line per method."""
     points = _metric_points(aggregated, metric, size_key, series_key)
     return plot_lines(points, out_stem, xlabel="student encoder layers", ylabel=metric,
@@ -70,7 +70,7 @@ def plot_student_size(aggregated: pd.DataFrame, metric: str, out_stem: str | Pat
 
 
 def plot_quality_diversity(aggregated: pd.DataFrame, quality_metric: str, diversity_metric: str,
-                           out_stem: str | Path, temperature_key: str = "generation.temperature",
+                           out_stem: str | Path, temperature_key: str = "pipeline.evaluate.decoding.temperature",
                            series_key: str = "divergence") -> list[Path]:
     """GKD Fig. 5 style: quality (y) vs Self-BLEU (x) per method, one point per sampling temperature."""
     quality = _metric_points(aggregated, quality_metric, temperature_key, series_key)
