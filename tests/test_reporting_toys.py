@@ -74,7 +74,7 @@ def test_gkd_short_run_fkl_covers_rkl_and_jsd09_seek(gkd):
 
 
 def test_toy_report_states_the_command_and_writes_all_outputs(akl, tmp_path):
-    assert akl.main(["--out", str(tmp_path), "--epochs", "10", "--early-epochs", "5", "--shapes", "unimodal",
+    assert akl.main(["--out", str(tmp_path), "--epochs", "4", "--early-epochs", "2", "--shapes", "unimodal",
                      "--inits", "uniform"]) == 0
     report = (tmp_path / "akl_head_tail.md").read_text()
     assert "Command: `python scripts/toy_akl_head_tail.py --out" in report and "## Summary" in report
