@@ -1,0 +1,361 @@
+"""Divergences: float64 references, gradcheck, chunking, robustness, registry, reductions, configs, benchmark."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fdistill.divergences import (
+    AdaptiveKL,
+    Divergence,
+    available_divergences,
+    get_divergence,
+    masked_mean,
+    register_divergence,
+    sum_per_sequence,
+)
+from tests.divergence_reference import CONFIGS, halves
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_KEYS = {"kl", "rkl", "js", "tvd", "jsd", "skl", "srkl", "fkl_rkl", "akl", "akl_r"}
+SHAPES = [(5, 7), (2, 3, 11), (3, 1, 2, 64)]
+CONFIG_IDS = [f"{name}-{params}" for name, params in CONFIGS]
+
+
+def _random_logits(shape, seed, scale=3.0, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=generator, dtype=torch.float64) * scale).to(dtype)
+
+
+def _assert_matches(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-6):
+    """Float32 result vs float64 reference: 1e-6 relative to the tensor's largest value (element-wise
+    relative error is meaningless for a 1e-6 value obtained from O(10) float32 log-probabilities)."""
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=rtol * max(scale, 1e-3))
+
+
+# --- registry and parameters -----------------------------------------------------------------------------
+
+
+def test_registry_lists_every_key():
+    assert set(available_divergences()) == ALL_KEYS
+
+
+def test_duplicate_name_is_rejected():
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_divergence("kl")
+        class AnotherKL(Divergence):
+            pass
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(KeyError, match="valid names: akl, akl_r, fkl_rkl, js, jsd, kl"):
+        get_divergence("kld")
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("jsd", {"beta": 1.5}, "beta=1.5 is out of range"),
+        ("jsd", {"beta": -0.1}, "beta=-0.1 is out of range"),
+        ("jsd", {"mixture": "sequence"}, "mixture='sequence' is not one of"),
+        ("skl", {"alpha": 1.0}, r"alpha=1.0 is out of range; use a number in \[0.0, 1.0\)"),
+        ("srkl", {"alpha": -1}, "alpha=-1 is out of range"),
+        ("fkl_rkl", {"weight": 2}, "weight=2 is out of range"),
+        ("akl", {"mu": 1.2}, "mu=1.2 is out of range"),
+        ("akl", {"detach_weights": "yes"}, "detach_weights='yes' must be true or false"),
+        ("kl", {"temperature": 0.0}, "temperature=0.0 must be a finite number > 0"),
+        ("kl", {"chunk_tokens": 0}, "chunk_tokens=0 must be a positive integer"),
+    ],
+)
+def test_out_of_range_parameters_raise_clear_errors(name, params, message):
+    with pytest.raises(ValueError, match=message):
+        get_divergence(name, **params)
+
+
+def test_unknown_parameter_names_the_accepted_ones():
+    with pytest.raises(TypeError, match="unknown parameter.*'beta'.*accepts: alpha, chunk_tokens"):
+        get_divergence("skl", beta=0.5)
+
+
+def test_prefix_logprobs_are_checked():
+    s, t = _random_logits((2, 3, 5), 0), _random_logits((2, 3, 5), 1)
+    with pytest.raises(TypeError, match="does not use prefix log-probabilities"):
+        get_divergence("kl").per_token(s, t, teacher_prefix_logprob=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="needs \\['teacher_prefix_logprob', 'student_prefix_logprob'\\]"):
+        get_divergence("js", mixture="prefix").per_token(s, t)
+    with pytest.raises(ValueError, match="expected logits.shape\\[:-1\\] = \\(2, 3\\)"):
+        get_divergence("js", mixture="prefix").per_token(
+            s, t, teacher_prefix_logprob=torch.zeros(2), student_prefix_logprob=torch.zeros(2)
+        )
+    with pytest.raises(ValueError, match="must have the same shape"):
+        get_divergence("kl").per_token(s, t[..., :4])
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "needs"),
+    [
+        ("kl", {}, {"teacher"}),
+        ("rkl", {}, {"student"}),
+        ("js", {}, {"teacher", "student"}),
+        ("tvd", {}, {"teacher", "student"}),
+        ("jsd", {"beta": 0.0}, {"teacher"}),
+        ("jsd", {"beta": 1.0}, {"student"}),
+        ("skl", {}, {"teacher"}),
+        ("srkl", {}, {"student"}),
+        ("fkl_rkl", {"weight": 1.0}, {"teacher"}),
+        ("akl", {}, {"teacher", "student"}),
+    ],
+)
+def test_needs(name, params, needs):
+    assert get_divergence(name, **params).needs == frozenset(needs)
+
+
+# --- values against the float64 reference ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "params"), CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_float64_reference(name, params, shape):
+    seed = abs(hash((name, str(params), shape))) % 2**31
+    s, t = _random_logits(shape, seed), _random_logits(shape, seed + 1)
+    expected_teacher, expected_student = halves(name, params, s, t)
+    div = get_divergence(name, **params)
+    values = {part: getattr(div, part)(s, t) for part in ("teacher_side", "student_side", "per_token")}
+    assert all(v.shape == shape[:-1] and v.dtype == torch.float32 for v in values.values())
+    _assert_matches(values["teacher_side"], expected_teacher)
+    _assert_matches(values["student_side"], expected_student)
+    _assert_matches(values["per_token"], expected_teacher + expected_student)
+
+
+@pytest.mark.parametrize(("name", "params"), [("kl", {}), ("js", {}), ("akl", {}), ("tvd", {})])
+def test_temperature_divides_both_logits(name, params):
+    s, t = _random_logits((4, 9), 3), _random_logits((4, 9), 4)
+    expected_teacher, expected_student = halves(name, params, s, t, temperature=2.5)
+    _assert_matches(get_divergence(name, temperature=2.5, **params).per_token(s, t), expected_teacher + expected_student)
+
+
+@pytest.mark.parametrize("beta", [0.3, 0.5])
+def test_prefix_mixture_matches_reference(beta):
+    s, t = _random_logits((3, 4, 6), 5), _random_logits((3, 4, 6), 6)
+    prefix = (-3 * torch.rand(3, 4), -3 * torch.rand(3, 4))
+    kwargs = {"teacher_prefix_logprob": prefix[0], "student_prefix_logprob": prefix[1]}
+    div = get_divergence("jsd", beta=beta, mixture="prefix")
+    expected_teacher, expected_student = halves("jsd", {"beta": beta}, s, t, prefix=prefix)
+    _assert_matches(div.teacher_side(s, t, **kwargs), expected_teacher)
+    _assert_matches(div.student_side(s, t, **kwargs), expected_student)
+    # equal prefix probabilities give back the step mixture
+    equal = {"teacher_prefix_logprob": prefix[0], "student_prefix_logprob": prefix[0]}
+    torch.testing.assert_close(div.per_token(s, t, **equal), get_divergence("jsd", beta=beta).per_token(s, t))
+
+
+# --- gradients ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "params"), CONFIGS, ids=CONFIG_IDS)
+def test_gradcheck_float64(name, params):
+    s = _random_logits((3, 5), 7, dtype=torch.float64).requires_grad_()
+    t = _random_logits((3, 5), 8, dtype=torch.float64).requires_grad_()
+    div = get_divergence(name, chunk_tokens=2, **params)  # two chunks, the last one partial
+    if isinstance(div, AdaptiveKL) and div.detach_weights:
+        # by design not the derivative of the value: compare with the reference's autograd, whose weights
+        # come from numpy and so are constants as well
+        weights = torch.rand(3, dtype=torch.float64)
+        ours = torch.autograd.grad((div.per_token(s, t) * weights).sum(), (s, t))
+        expected = torch.autograd.grad((sum(halves(name, params, s, t)) * weights).sum(), (s, t))
+        for a, b in zip(ours, expected, strict=True):
+            torch.testing.assert_close(a, b)
+        return
+    assert torch.autograd.gradcheck(div.per_token, (s, t), fast_mode=True)
+
+
+@pytest.mark.parametrize("part", ["teacher_side", "student_side"])
+def test_gradcheck_float64_halves(part):
+    s = _random_logits((3, 5), 7, dtype=torch.float64).requires_grad_()
+    t = _random_logits((3, 5), 8, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(getattr(get_divergence("jsd", beta=0.3, chunk_tokens=2), part), (s, t), fast_mode=True)
+
+
+def test_gradcheck_prefix_mixture_including_prefix_logprobs():
+    s = _random_logits((2, 5), 9, dtype=torch.float64).requires_grad_()
+    t = _random_logits((2, 5), 10, dtype=torch.float64).requires_grad_()
+    prefix_p = (-torch.rand(2, dtype=torch.float64)).requires_grad_()
+    prefix_q = (-torch.rand(2, dtype=torch.float64)).requires_grad_()
+    div = get_divergence("jsd", beta=0.3, mixture="prefix")
+
+    def both_sides(s, t, lp, lq):
+        kwargs = {"teacher_prefix_logprob": lp, "student_prefix_logprob": lq}
+        return div.teacher_side(s, t, **kwargs), div.student_side(s, t, **kwargs)
+
+    assert torch.autograd.gradcheck(both_sides, (s, t, prefix_p, prefix_q), fast_mode=True)
+
+
+def test_akl_detach_weights_changes_only_the_gradient():
+    s = _random_logits((4, 8), 11).requires_grad_()
+    t = _random_logits((4, 8), 12)
+    grads = {}
+    for detach in (True, False):
+        value = get_divergence("akl", detach_weights=detach).per_token(s, t).sum()
+        (grads[detach],) = torch.autograd.grad(value, s)
+        grads[(detach, "value")] = value.detach()
+    torch.testing.assert_close(grads[(True, "value")], grads[(False, "value")])
+    assert not torch.allclose(grads[True], grads[False])
+
+
+@pytest.mark.parametrize("name", ["kl", "js", "akl"])
+def test_chunk_size_does_not_change_values_or_gradients(name):
+    t = _random_logits((5, 3, 17), 13)
+    results = []
+    for chunk_tokens in (1, 4, None):
+        s = _random_logits((5, 3, 17), 14).requires_grad_()
+        value = get_divergence(name, chunk_tokens=chunk_tokens).per_token(s, t)
+        (grad,) = torch.autograd.grad((value * torch.linspace(0, 1, 3)).sum(), s)
+        results.append((value.detach(), grad))
+    for value, grad in results[1:]:
+        torch.testing.assert_close(value, results[0][0], rtol=0, atol=0)
+        torch.testing.assert_close(grad, results[0][1], rtol=0, atol=0)
+
+
+def test_second_backward_through_retained_graph_recomputes_the_same_gradient():
+    s = _random_logits((6, 9), 15).requires_grad_()
+    t = _random_logits((6, 9), 16).requires_grad_()
+    loss = masked_mean(get_divergence("js", chunk_tokens=4).per_token(s, t), torch.ones(6, dtype=torch.bool))
+    first = torch.autograd.grad(loss, (s, t), retain_graph=True)
+    second = torch.autograd.grad(loss, (s, t))
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradient_matches_plain_autograd_of_the_reference():
+    s = _random_logits((4, 10), 17, dtype=torch.float64).requires_grad_()
+    t = _random_logits((4, 10), 18, dtype=torch.float64).requires_grad_()
+    weights = torch.rand(4, dtype=torch.float64)
+    ours = torch.autograd.grad((get_divergence("jsd", beta=0.3).per_token(s, t) * weights).sum(), (s, t))
+    teacher_half, student_half = halves("jsd", {"beta": 0.3}, s, t)
+    expected = torch.autograd.grad(((teacher_half + student_half) * weights).sum(), (s, t))
+    for a, b in zip(ours, expected, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+# --- robustness --------------------------------------------------------------------------------------------
+
+
+def _check_finite(name, params, s, t, mask=None):
+    s = s.detach().requires_grad_()
+    values = get_divergence(name, **params).per_token(s, t)
+    assert torch.isfinite(values).all(), (name, values)
+    loss = masked_mean(values, torch.ones(values.shape, dtype=torch.bool) if mask is None else mask)
+    loss.backward()
+    assert torch.isfinite(s.grad).all(), name
+    return values.detach()
+
+
+@pytest.mark.parametrize(("name", "params"), CONFIGS, ids=CONFIG_IDS)
+def test_padded_vocabulary_equals_the_unpadded_divergence(name, params):
+    s, t = _random_logits((2, 3, 6), 19), _random_logits((2, 3, 6), 20)
+    pad = torch.full((2, 3, 4), float("-inf"))
+    padded = _check_finite(name, params, torch.cat([s, pad], -1), torch.cat([t, pad], -1))
+    torch.testing.assert_close(padded, get_divergence(name, **params).per_token(s, t))
+
+
+@pytest.mark.parametrize(("name", "params"), CONFIGS, ids=CONFIG_IDS)
+def test_one_sided_minus_inf_and_empty_rows_stay_finite(name, params):
+    s, t = _random_logits((3, 6), 21), _random_logits((3, 6), 22)
+    s[0, 1] = float("-inf")  # student masks an entry the teacher keeps
+    t[1, 2] = float("-inf")  # and the other way round
+    s[2], t[2] = float("-inf"), float("-inf")  # a position with no finite entry at all
+    values = _check_finite(name, params, s, t)
+    assert values[2] == 0
+    # the masked entry is removed from both distributions (renormalised over the shared support)
+    keep = [0, 2, 3, 4, 5]
+    expected = get_divergence(name, **params).per_token(s[0, keep], t[0, keep])
+    torch.testing.assert_close(values[0], expected)
+
+
+@pytest.mark.parametrize(("name", "params"), CONFIGS, ids=CONFIG_IDS)
+def test_huge_logits_stay_finite(name, params):
+    s = _random_logits((4, 8), 23, scale=1e4)
+    t = _random_logits((4, 8), 24, scale=1e4)
+    values = _check_finite(name, params, s, t)
+    expected_teacher, expected_student = halves(name, params, s, t)
+    torch.testing.assert_close(values.double(), expected_teacher + expected_student, rtol=1e-5, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("name", "params"), [("kl", {}), ("js", {}), ("tvd", {}), ("akl", {})])
+def test_half_precision_inputs_are_computed_in_float32(name, params, dtype):
+    s, t = _random_logits((3, 4, 12), 25, dtype=dtype), _random_logits((3, 4, 12), 26, dtype=dtype)
+    values = _check_finite(name, params, s, t)
+    assert values.dtype == torch.float32
+    expected_teacher, expected_student = halves(name, params, s.float(), t.float())
+    _assert_matches(values, expected_teacher + expected_student)
+
+
+def test_masked_positions_do_not_leak_nan():
+    s, t = _random_logits((2, 4, 5), 27), _random_logits((2, 4, 5), 28)
+    s[0, 3] = float("nan")  # garbage in a padded position
+    labels = torch.tensor([[5, 6, 7, -100], [-100, 1, 2, -100]])
+    mask = labels != -100
+    s.requires_grad_()
+    values = get_divergence("kl").per_token(s, t)
+    loss = masked_mean(values, mask)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+    assert (s.grad[~mask] == 0).all()
+
+
+# --- reductions --------------------------------------------------------------------------------------------
+
+
+def test_masked_mean_and_sum_per_sequence():
+    values = torch.tensor([[1.0, 2.0, float("nan")], [4.0, float("inf"), 6.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [True, False, True]])
+    assert masked_mean(values, mask).item() == pytest.approx((1 + 2 + 4 + 6) / 4)
+    torch.testing.assert_close(sum_per_sequence(values, mask), torch.tensor([3.0, 10.0]))
+    masked_mean(values, mask).backward()
+    torch.testing.assert_close(values.grad, mask.float() / 4)
+    empty = masked_mean(values, torch.zeros_like(mask))
+    assert empty.item() == 0 and empty.requires_grad
+    with pytest.raises(ValueError, match="same shape"):
+        masked_mean(values, mask[:, :2])
+
+
+# --- configs and benchmark ---------------------------------------------------------------------------------
+
+
+def test_every_divergence_has_a_loadable_config():
+    files = [REPO / "conf" / "divergence" / f"{key}.yaml" for key in sorted(ALL_KEYS)]
+    for file in files:
+        config = yaml.safe_load(file.read_text())
+        assert set(config) == {"name", "temperature", "params"} and config["name"] == file.stem
+        div = get_divergence(config["name"], temperature=config["temperature"], **(config["params"] or {}))
+        assert div.per_token(_random_logits((2, 5), 1), _random_logits((2, 5), 2)).shape == (2,)
+
+
+def test_benchmark_naive_references_agree_with_fdistill():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import bench_divergences
+    finally:
+        sys.path.pop(0)
+    s, t = _random_logits((6, 40), 29), _random_logits((6, 40), 30)
+    for label, key, params in bench_divergences.CASES:
+        expected = get_divergence(key, **params).per_token(s, t)
+        torch.testing.assert_close(bench_divergences.naive_per_token(key, params, s, t), expected, msg=label)
+        result = bench_divergences.run_case("fdistill", label, tokens=4, vocab=16, repeats=1)
+        assert result["time_s"] > 0 and result["peak_extra_bytes"] >= 0
+
+
+def test_benchmark_cli_writes_a_table(tmp_path):
+    out = tmp_path / "bench.md"
+    command = [sys.executable, str(REPO / "scripts" / "bench_divergences.py"), "--sizes", "4x16", "--cases", "kl",
+               "--repeats", "1", "--no-liger", "--out", str(out)]
+    subprocess.run(command, check=True, cwd=REPO, capture_output=True)
+    text = out.read_text()
+    assert "| 4 × 16 | kl |" in text and "Machine:" in text
