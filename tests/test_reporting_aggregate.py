@@ -118,3 +118,11 @@ def test_cli_writes_csv_md_tex_with_marks_and_provenance(multirun, paper_csv, tm
 def test_cli_rejects_unknown_method_key(multirun, tmp_path):
     with pytest.raises(ValueError, match="method key 'loss'"):
         main(["--multirun-dir", str(multirun), "--table", "t", "--method-key", "loss", "--out", str(tmp_path / "t")])
+
+
+def test_jobs_are_read_in_sweep_order(tmp_path):
+    root = tmp_path / "multirun"
+    for index in (10, 2, 1):
+        write_job(root, index, [f"divergence=d{index}", "seed=0"], {"bleu": float(index)})
+    jobs, _ = collect_jobs(root)
+    assert [job.overrides["divergence"] for job in jobs] == ["d1", "d2", "d10"]

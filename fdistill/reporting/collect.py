@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,13 +80,19 @@ def find_metrics_file(job_dir: Path) -> Path | None:
     return nested[0] if nested else None
 
 
+def natural_key(path: Path) -> list:
+    """Sort key where digit runs compare as numbers: Hydra job ``2`` before job ``10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
 def collect_jobs(multirun_dir: str | Path) -> tuple[list[JobResult], list[Path]]:
-    """Read every job below ``multirun_dir``; returns ``(jobs with metrics, job dirs without metrics.json)``."""
+    """Read every job below ``multirun_dir`` in sweep order; returns ``(jobs with metrics, job dirs without
+    metrics.json)``."""
     root = Path(multirun_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"multirun directory {root} does not exist; pass the folder Hydra wrote (-m)")
     jobs, missing = [], []
-    for overrides_file in sorted(root.rglob(str(OVERRIDES_RELPATH))):
+    for overrides_file in sorted(root.rglob(str(OVERRIDES_RELPATH)), key=natural_key):
         job_dir = overrides_file.parent.parent
         entries = yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []
         metrics_file = find_metrics_file(job_dir)
