@@ -124,7 +124,7 @@ def render_latex(marked: pd.DataFrame, context: TableContext, metrics: Sequence[
     methods, columns, cells = wide_cells(marked, metrics, digits)
     style = {BEST: r"\textbf{{{}}}", SECOND: r"\underline{{{}}}", "": "{}"}
     lines = [f"% {line}" for line in context.provenance] + [
-        r"\begin{table}[t]", r"\centering", r"\small",
+        r"% needs \usepackage{booktabs}", r"\begin{table}[t]", r"\centering", r"\small",
         r"\begin{tabular}{l" + "r" * len(columns) + "}", r"\toprule",
         " & ".join(["Method", *map(latex_escape, columns)]) + r" \\", r"\midrule"]
     for method in methods:
