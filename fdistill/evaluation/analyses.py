@@ -55,8 +55,8 @@ def sample_targets(model: torch.nn.Module, collator, source_ids: Sequence[TokenI
     with _eval_mode(model):
         for chunk in _batches(len(source_ids), batch_size):
             prompts = collator.prompts(list(source_ids[chunk]))
-            generated = generate_targets(model, prompts, max_new_tokens=max_new_tokens, do_sample=True,
-                                         temperature=temperature, num_return_sequences=num_samples)
+            generated = generate_targets(model, prompts, tokenizer=collator.tokenizer, max_new_tokens=max_new_tokens,
+                                         do_sample=True, temperature=temperature, num_return_sequences=num_samples)
             samples.extend(generated[i:i + num_samples] for i in range(0, len(generated), num_samples))
     return samples
 
@@ -163,7 +163,8 @@ def exposure_bias_excess_error(teacher: torch.nn.Module, student: torch.nn.Modul
     """Excess error due to exposure bias (Arora et al. 2022, "Why Exposure Bias Matters"):
     ExError% = 100 · (D_s − D_t) / D_t, with D = per-token KL(p_teacher ‖ q_student) averaged over
     positions, D_t on teacher-forced prefixes (``reference_target_ids``: data targets, or one teacher
-    sample per input when None) and D_s on prefixes the student generated itself.
+    sample per input when None) and D_s on prefixes the student generated itself. NaN when D_t = 0
+    (student equals teacher on the teacher-forced prefixes).
     """
     if reference_target_ids is None:
         reference_target_ids = [group[0] for group in sample_targets(
@@ -178,7 +179,8 @@ def exposure_bias_excess_error(teacher: torch.nn.Module, student: torch.nn.Modul
     return {
         "exposure_kl_teacher_prefixes": teacher_forced,
         "exposure_kl_student_prefixes": free_running,
-        "ex_error_percent": 100.0 * (free_running - teacher_forced) / teacher_forced,
+        "ex_error_percent": 100.0 * (free_running - teacher_forced) / teacher_forced if teacher_forced > 0
+        else math.nan,
     }
 
 

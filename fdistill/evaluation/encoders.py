@@ -14,6 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# The papers' encoders, used when none is configured: bert-score's English default (f-DISTILL, GKD, AKL)
+# and moverscore_v2's default (the WebNLG/DART scripts may use moverscore v1's BERT-MNLI instead).
+PAPER_BERTSCORE_ENCODER = "roberta-large"
+PAPER_MOVERSCORE_ENCODER = "distilbert-base-uncased"
 LOCAL_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 LOCAL_MINILM_LAYERS = 6
 

@@ -7,8 +7,9 @@ embeddings, L2-normalised; token weights idf(w) = log((M + 1) / (df(w) + 1)) ove
 (resp. hypotheses); weight 0 for special tokens, punctuation and WordPiece continuations (``##``);
 cost = Euclidean distance; score = 1 − EMD (``moverscore.py``; ``moverscore_v2.py`` reports the
 monotone transform 1 / (1 + EMD)). Several references: the mean of the per-reference scores, as in
-``moverscore_v2.sentence_score`` and the WebNLG/DART evaluation script. A side with no weighted token
-(e.g. only punctuation) scores 0.
+``moverscore_v2.sentence_score`` and the WebNLG/DART evaluation script. A corpus of one sentence gets
+uniform weights (idf would be 0 everywhere). A side with no weighted token (e.g. only punctuation, or
+only tokens found in every sentence of its corpus) scores 0.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def _idf(token_id_lists: Sequence[Sequence[int]]) -> tuple[Counter, int]:
     return document_frequency, len(token_id_lists)
 
 
+def _idf_weight(document_frequency: int, num_documents: int) -> float:
+    """idf, or 1 for a one-document corpus, where idf is 0 for every token (the reference code's
+    advice for single sentences: ``defaultdict(lambda: 1.)``)."""
+    return 1.0 if num_documents == 1 else math.log((num_documents + 1) / (document_frequency + 1))
+
+
 class _Embedder:
     """Tokenises and embeds unique sentences once (last hidden layer), batched, no gradient."""
 
@@ -63,13 +70,13 @@ class _Embedder:
         tokens = self.tokenizer.convert_ids_to_tokens(list(token_ids))
         return np.array([
             0.0 if token_id in self.excluded_ids or token in PUNCTUATION or token.startswith("##")
-            else math.log((num_documents + 1) / (document_frequency[token_id] + 1))
+            else _idf_weight(document_frequency[token_id], num_documents)
             for token_id, token in zip(token_ids, tokens, strict=True)
         ])
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        unique = sorted(set(texts))
+        unique = sorted(set(texts), key=len)  # similar lengths per batch: less padding
         embeddings = {}
         for start in range(0, len(unique), self.batch_size):
             chunk = unique[start:start + self.batch_size]

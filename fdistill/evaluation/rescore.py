@@ -1,8 +1,8 @@
 """Re-score a run's saved predictions without re-generating: ``python -m fdistill.evaluation --run-dir DIR``.
 
 The metric list comes from ``--metrics`` or the run's saved Hydra config (``DIR/.hydra/config.yaml``,
-else ``DIR/config.yaml``: ``dataset.metrics``; encoders from ``evaluation.bertscore_encoder``,
-``evaluation.moverscore_encoder``, ``evaluation.bleurt_checkpoint``). Text-metric values replace
+else ``DIR/config.yaml``: ``dataset.metrics``; encoders from ``pipeline.evaluate.bertscore_encoder``,
+``.moverscore_encoder``, ``.bleurt_checkpoint``). Text-metric values replace
 those in ``metrics.json``; every other value (the model-based analyses) is kept. ``synthetic_exact``
 needs the task object, so it is only computed by the evaluation stage and kept as is here.
 """
@@ -33,7 +33,7 @@ def rescore_run(run_dir: str | Path, metrics: list[str] | None = None, **encoder
     """Score ``predictions.jsonl`` of ``run_dir`` and merge the result into its ``metrics.json``.
 
     ``encoder_options`` (bertscore_encoder, moverscore_encoder, bleurt_checkpoint) override the saved
-    config's ``evaluation`` section.
+    config's ``pipeline.evaluate`` section.
     """
     run_dir = Path(run_dir)
     config = saved_run_config(run_dir)
@@ -45,7 +45,7 @@ def rescore_run(run_dir: str | Path, metrics: list[str] | None = None, **encoder
     unknown_options = set(encoder_options) - set(ENCODER_OPTIONS)
     if unknown_options:
         raise TypeError(f"unknown options {sorted(unknown_options)}; valid: {list(ENCODER_OPTIONS)}")
-    saved_options = config.get("evaluation") or {}
+    saved_options = (config.get("pipeline") or {}).get("evaluate") or {}
     options = {name: encoder_options.get(name) or saved_options.get(name) for name in ENCODER_OPTIONS}
     records = read_predictions(run_dir)
     text_metrics = [name for name in metrics if name != "synthetic_exact"]

@@ -7,7 +7,7 @@
 | rouge1, rouge2, rougeL | rouge-score, Porter stemming, F1, max over references | XSum (GKD), Dolly (AKL T1) |
 | bertscore | bert-score F1 (P/R also reported), max over references | f-DISTILL T2, AKL T5 |
 | moverscore | :mod:`fdistill.evaluation.moverscore` (POT) | f-DISTILL T2 |
-| bleurt | bleurt-pytorch if installed and a checkpoint is configured; else "unavailable: ..." | f-DISTILL T2 |
+| bleurt | bleurt-pytorch (PyTorch port of the official checkpoints) if importable and a checkpoint dir is configured; else "unavailable: <reason>" | f-DISTILL T2 |
 | self_bleu | sacrebleu BLEU of each prediction against all others (Zhu et al. 2018) | GKD Fig. 5 |
 | distinct_n | distinct-1/2 over whitespace tokens (Li et al. 2016) | diversity |
 | synthetic_exact | :func:`fdistill.evaluation.analyses.synthetic_exact_metrics` | synthetic task |
@@ -185,10 +185,9 @@ def bertscore(inputs: MetricInputs) -> tuple[MetricValues, MetricMetadata]:
     """BERTScore (Zhang et al. 2020) F1 without idf or baseline rescaling, best reference per input."""
     from bert_score.utils import get_hash
 
-    if not inputs.bertscore_encoder:
-        raise ValueError("metric 'bertscore' needs bertscore_encoder (e.g. 'roberta-large', the paper's, or "
-                         "'sentence-transformers/all-MiniLM-L6-v2', offline); none was given")
-    spec, scorer = _bert_scorer(inputs.bertscore_encoder)
+    from fdistill.evaluation.encoders import PAPER_BERTSCORE_ENCODER
+
+    spec, scorer = _bert_scorer(inputs.bertscore_encoder or PAPER_BERTSCORE_ENCODER)
     precision, recall, f1 = scorer.score(inputs.predictions, inputs.references)
     values = {"bertscore": float(f1.mean()), "bertscore_precision": float(precision.mean()),
               "bertscore_recall": float(recall.mean())}
@@ -200,22 +199,22 @@ def bertscore(inputs: MetricInputs) -> tuple[MetricValues, MetricMetadata]:
 @register_metric("moverscore")
 def moverscore_metric(inputs: MetricInputs) -> tuple[MetricValues, MetricMetadata]:
     """MoverScore (Zhao et al. 2019), see :mod:`fdistill.evaluation.moverscore`."""
+    from fdistill.evaluation.encoders import PAPER_MOVERSCORE_ENCODER
     from fdistill.evaluation.moverscore import moverscore
 
-    if not inputs.moverscore_encoder:
-        raise ValueError("metric 'moverscore' needs moverscore_encoder (e.g. 'distilbert-base-uncased', the "
-                         "moverscore_v2 default, or 'sentence-transformers/all-MiniLM-L6-v2', offline)")
-    score = moverscore(inputs.predictions, inputs.references, encoder=inputs.moverscore_encoder)
-    return {"moverscore": score}, {"moverscore_encoder": inputs.moverscore_encoder}
+    encoder = inputs.moverscore_encoder or PAPER_MOVERSCORE_ENCODER
+    return {"moverscore": moverscore(inputs.predictions, inputs.references, encoder=encoder)}, {
+        "moverscore_encoder": encoder}
 
 
 def bleurt_unavailable_reason(checkpoint: str | None) -> str | None:
     """Why BLEURT cannot run here, or None when it can."""
-    import importlib.util
     from pathlib import Path
 
-    if importlib.util.find_spec("bleurt_pytorch") is None:
-        return "package bleurt-pytorch is not installed (pip install bleurt-pytorch)"
+    try:
+        import bleurt_pytorch  # noqa: F401
+    except ImportError as error:  # absent, or incompatible with the installed transformers (0.0.1 needs < 5)
+        return f"bleurt-pytorch cannot be imported ({error}); install a version matching transformers"
     if not checkpoint:
         return "no BLEURT checkpoint configured (bleurt_checkpoint, e.g. a local lucadiliello/BLEURT-20-D12 copy)"
     if not Path(checkpoint).is_dir():
@@ -329,7 +328,9 @@ def evaluate_predictions(predictions: Sequence[str], references: Sequence[Sequen
     """Score predictions with the named metrics → (flat name → value, metadata).
 
     ``references[i]`` is the list of references of ``predictions[i]`` (a bare string counts as one).
-    Metadata holds ``signatures`` (per metric), encoder names, and ``scales``.
+    Encoders left None are the papers' (BERTScore: roberta-large; MoverScore: distilbert-base-uncased),
+    which need hub access; offline, name ``sentence-transformers/all-MiniLM-L6-v2``. Metadata holds
+    ``signatures`` (per metric), encoder names, and ``scales``.
     """
     for name in metrics:
         get_metric(name)
