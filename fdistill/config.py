@@ -1,0 +1,322 @@
+"""Structured-config schema for `conf/`: types are checked by Hydra at compose time, ranges by each
+dataclass's `check(key)` when `validate_config` turns the composed config into these dataclasses.
+
+Every check here runs before any model or dataset is loaded, so a bad value fails in seconds with a
+message that names the key, the value and the valid range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+STAGES = ("teacher_sft", "student_init", "predistill", "teacher_sampling", "distill", "evaluate")
+OBJECTIVES_OUTSIDE_REGISTRY = ("nll", "engine")
+
+
+def _require(condition: bool, key: str, value: Any, expected: str) -> None:
+    if not condition:
+        raise ValueError(f"config error: {key}={value!r} is invalid; expected {expected}")
+
+
+def _in_unit_interval(key: str, value: float) -> None:
+    _require(0.0 <= value <= 1.0, key, value, "a number in [0, 1]")
+
+
+@dataclass
+class PathsConfig:
+    root: str = "."
+    output_dir: str = "outputs"
+    cache_dir: str = ".cache/fdistill"
+
+
+@dataclass
+class SplitLimits:
+    train: int | None = None
+    validation: int | None = None
+    test: int | None = None
+
+    def check(self, key: str) -> None:
+        for split in ("train", "validation", "test"):
+            value = getattr(self, split)
+            _require(value is None or value > 0, f"{key}.{split}", value, "null or a positive integer")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    hub_id: str | None = None
+    hub_config: str | None = None
+    data_dir: str | None = None
+    max_source_length: int = 256
+    max_target_length: int = 128
+    limit: SplitLimits = field(default_factory=SplitLimits)
+    metrics: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, key: str) -> None:
+        _require(self.max_source_length > 0, f"{key}.max_source_length", self.max_source_length, "> 0")
+        _require(self.max_target_length > 0, f"{key}.max_target_length", self.max_target_length, "> 0")
+
+
+@dataclass
+class TeacherConfig:
+    name_or_path: str | None = None
+    finetuned: bool = False
+    num_encoder_layers: int | None = None
+    num_decoder_layers: int | None = None
+    build: dict[str, Any] | None = None
+
+
+@dataclass
+class StudentConfig:
+    init: str = "layer_copy"
+    name_or_path: str | None = None
+    encoder_layers: list[int] | None = None
+    decoder_layers: list[int] | None = None
+    num_encoder_layers: int | None = None
+    num_decoder_layers: int | None = None
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, key: str) -> None:
+        _require(
+            self.init in ("layer_copy", "from_pretrained", "from_config"),
+            f"{key}.init", self.init, "one of layer_copy, from_pretrained, from_config",
+        )
+        if self.init == "from_pretrained":
+            _require(self.name_or_path is not None, f"{key}.name_or_path", None,
+                     "a hub id or local path when pair.student.init=from_pretrained")
+
+
+@dataclass
+class PairConfig:
+    name: str = MISSING
+    architecture: str = MISSING
+    tokenizer: str | None = None
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+
+    def check(self, key: str) -> None:
+        _require(self.architecture in ("encoder_decoder", "decoder_only"), f"{key}.architecture",
+                 self.architecture, "encoder_decoder or decoder_only")
+        _require(self.teacher.name_or_path is not None or self.teacher.build is not None, f"{key}.teacher",
+                 "name_or_path=null, build=null", "a hub id/local path (name_or_path) or a tiny-model `build` spec")
+
+
+@dataclass
+class DivergenceConfig:
+    """A registry divergence (fdistill.divergences) or one of the likelihood objectives:
+    `nll` (MLE on the fixed data: references for `mle`, teacher beam outputs for `seqkd`) and
+    `engine` (teacher cross-entropy of student samples, the ENGINE energy objective)."""
+
+    name: str = MISSING
+    label: str | None = None
+    temperature: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, key: str) -> None:
+        _require(self.temperature > 0, f"{key}.temperature", self.temperature, "> 0")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    cooldown_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+
+    def check(self, key: str) -> None:
+        _require(self.optimizer in ("adamw", "adafactor"), f"{key}.optimizer", self.optimizer, "adamw or adafactor")
+        _require(self.lr > 0, f"{key}.lr", self.lr, "> 0")
+        _in_unit_interval(f"{key}.warmup_ratio", self.warmup_ratio)
+        _in_unit_interval(f"{key}.cooldown_ratio", self.cooldown_ratio)
+        _require(self.warmup_ratio + self.cooldown_ratio <= 1.0, key,
+                 (self.warmup_ratio, self.cooldown_ratio), "warmup_ratio + cooldown_ratio <= 1")
+
+
+@dataclass
+class TrainStageConfig:
+    enabled: bool = True
+    epochs: float | None = None
+    max_steps: int | None = None
+    batch_size: int = 16
+    grad_accum: int = 1
+    checkpoint_every: int = 100
+    log_every: int = 20
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def check(self, key: str) -> None:
+        _require((self.epochs is None) != (self.max_steps is None), key,
+                 f"epochs={self.epochs}, max_steps={self.max_steps}", "exactly one of epochs / max_steps set")
+        if self.epochs is not None:
+            _require(self.epochs > 0, f"{key}.epochs", self.epochs, "> 0")
+        if self.max_steps is not None:
+            _require(self.max_steps > 0, f"{key}.max_steps", self.max_steps, "> 0")
+        _require(self.batch_size > 0, f"{key}.batch_size", self.batch_size, "> 0")
+        _require(self.grad_accum > 0, f"{key}.grad_accum", self.grad_accum, "> 0")
+        _require(self.checkpoint_every > 0, f"{key}.checkpoint_every", self.checkpoint_every, "> 0")
+
+
+@dataclass
+class DecodingConfig:
+    strategy: str = "sample"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_beams: int = 4
+    max_new_tokens: int = 64
+
+    def check(self, key: str) -> None:
+        _require(self.strategy in ("sample", "greedy", "beam"), f"{key}.strategy", self.strategy,
+                 "sample, greedy or beam")
+        _require(self.temperature > 0, f"{key}.temperature", self.temperature, "> 0")
+        _require(self.top_k >= 0, f"{key}.top_k", self.top_k, ">= 0 (0 disables top-k)")
+        _require(0.0 < self.top_p <= 1.0, f"{key}.top_p", self.top_p, "in (0, 1]")
+        _require(self.num_beams >= 1, f"{key}.num_beams", self.num_beams, ">= 1")
+        _require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", self.max_new_tokens, ">= 1")
+
+
+@dataclass
+class PredistillConfig(TrainStageConfig):
+    """Shleifer & Rush (2020) pre-distillation: w_mle·MLE + w_kl·word-KL + w_hidden·hidden MSE."""
+
+    weight_mle: float = 1.0
+    weight_kl: float = 1.0
+    weight_hidden: float = 1.0
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        for name in ("weight_mle", "weight_kl", "weight_hidden"):
+            _require(getattr(self, name) >= 0, f"{key}.{name}", getattr(self, name), ">= 0")
+
+
+@dataclass
+class TeacherSamplingConfig:
+    enabled: bool = True
+    num_samples: int = 1
+    batch_size: int = 64
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+    def check(self, key: str) -> None:
+        _require(self.num_samples >= 1, f"{key}.num_samples", self.num_samples, ">= 1")
+        _require(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass
+class DistillConfig(TrainStageConfig):
+    """f-DISTILL (Wen et al. 2023, Eqs. 6-10) or GKD (Agarwal et al. 2024, Algorithm 1) training."""
+
+    regime: str = "fdistill"
+    lam: float = 0.0
+    fixed_data: str = "references"
+    teacher_sampling: str = "offline"
+    student_sampling: DecodingConfig = field(default_factory=DecodingConfig)
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        _require(self.regime in ("fdistill", "gkd"), f"{key}.regime", self.regime, "fdistill or gkd")
+        _in_unit_interval(f"{key}.lam (GKD student-data fraction λ)", self.lam)
+        _require(self.fixed_data in ("references", "teacher_samples"), f"{key}.fixed_data",
+                 self.fixed_data, "references or teacher_samples")
+        _require(self.teacher_sampling in ("offline", "online"), f"{key}.teacher_sampling",
+                 self.teacher_sampling, "offline (f-DISTILL Sec. 2.3) or online (re-sampled every step)")
+
+
+@dataclass
+class EvaluateConfig:
+    enabled: bool = True
+    split: str = "test"
+    batch_size: int = 64
+    decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(strategy="greedy"))
+    analyses: list[str] = field(default_factory=lambda: ["risks", "teacher_dist", "exposure_bias"])
+    analysis_limit: int = 500
+    bertscore_encoder: str | None = None
+    moverscore_encoder: str | None = None
+    bleurt_checkpoint: str | None = None
+
+    def check(self, key: str) -> None:
+        _require(self.split in ("train", "validation", "test"), f"{key}.split", self.split,
+                 "train, validation or test")
+        known = {"risks", "teacher_dist", "exposure_bias"}
+        unknown = sorted(set(self.analyses) - known)
+        _require(not unknown, f"{key}.analyses", unknown, f"a subset of {sorted(known)}")
+
+
+@dataclass
+class PipelineConfig:
+    artifact_seed: int = 0
+    mixed_precision: str = "no"
+    cpu: bool = False
+    teacher_sft: TrainStageConfig = field(default_factory=lambda: TrainStageConfig(max_steps=500))
+    student_init: dict[str, Any] = field(default_factory=lambda: {"enabled": True})
+    predistill: PredistillConfig = field(default_factory=lambda: PredistillConfig(max_steps=300))
+    teacher_sampling: TeacherSamplingConfig = field(default_factory=TeacherSamplingConfig)
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig(max_steps=200))
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def check(self, key: str) -> None:
+        _require(self.mixed_precision in ("no", "fp16", "bf16"), f"{key}.mixed_precision",
+                 self.mixed_precision, "no, fp16 or bf16")
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = False
+    wandb_project: str = "fdistill"
+    wandb_mode: str = "offline"
+
+    def check(self, key: str) -> None:
+        _require(self.wandb_mode in ("offline", "online", "disabled"), f"{key}.wandb_mode", self.wandb_mode,
+                 "offline, online or disabled")
+
+
+@dataclass
+class FdistillConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    pair: PairConfig = field(default_factory=PairConfig)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    run_name: str = "default"
+    sweep_name: str = "sweep"
+
+
+def run_dir_slug(override_dirname: str, max_length: int = 120) -> str:
+    """Directory name for a run from Hydra's override_dirname: "default" when there are no overrides,
+    path separators replaced, long names shortened with a hash (deterministic: re-running resumes)."""
+    import hashlib
+
+    slug = override_dirname.replace("/", "_").replace("+", "") or "default"
+    if len(slug) > max_length:
+        slug = f"{slug[: max_length - 17]}-{hashlib.sha256(slug.encode()).hexdigest()[:16]}"
+    return slug
+
+
+def register_configs() -> None:
+    """Register the schema (`fdistill_schema`, first in conf/config.yaml's defaults) and the `fd_slug` resolver."""
+    ConfigStore.instance().store(name="fdistill_schema", node=FdistillConfig)
+    OmegaConf.register_new_resolver("fd_slug", run_dir_slug, replace=True)
+
+
+def _check_tree(node: Any, key: str) -> None:
+    """Call `check(key)` on every dataclass of the tree, parents first."""
+    if hasattr(node, "check"):
+        node.check(key)
+    for item in fields(node):
+        child = getattr(node, item.name)
+        if is_dataclass(child):
+            _check_tree(child, f"{key}.{item.name}" if key else item.name)
+
+
+def validate_config(cfg: DictConfig) -> FdistillConfig:
+    """Type- and range-check a composed config; returns the typed object (raises ValueError)."""
+    typed = OmegaConf.to_object(cfg)
+    _check_tree(typed, "")
+    return typed  # type: ignore[return-value]

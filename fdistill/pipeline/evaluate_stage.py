@@ -1,0 +1,115 @@
+"""The `evaluate` stage: generate on the evaluation split, save `predictions.jsonl`, score the dataset's
+metrics, run the papers' analyses, write `metrics.json`, and print a short table.
+
+Text metrics score the configured decoding (greedy/beam/sampling); the analyses draw one student and
+one teacher sample per input at temperature 1 (f-DISTILL Table 3), and on the synthetic task the
+exact metrics are reported for both the decoded predictions (`synthetic/...`) and the temperature-1
+student samples (`synthetic_sample/...`: mode averaging and mode collapse show there).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from tqdm.auto import tqdm
+
+from fdistill.data.synthetic import SyntheticTask
+from fdistill.evaluation import (
+    evaluate_predictions,
+    exposure_bias_excess_error,
+    likelihood_coverage_risk,
+    synthetic_exact_metrics,
+    teacher_distinct_bigrams,
+    write_metrics,
+    write_predictions,
+)
+from fdistill.models import load_teacher
+from fdistill.sampling import sample_targets
+
+SUMMARY_KEYS = ("bleu", "synthetic/validity_rate", "synthetic_sample/validity_rate", "synthetic_sample/modes_covered",
+                "synthetic_sample/mode_tv", "risk/llh_per_token", "risk/cvg_per_token")
+
+
+def _decode(tokenizer, targets: list[list[int]]) -> list[str]:
+    return [text.strip() for text in tokenizer.batch_decode(targets, skip_special_tokens=True)]
+
+
+def run_evaluation(pipe, student_dir: str, teacher_dir: str, tokenizer, data: dict) -> dict:
+    cfg, eval_cfg = pipe.cfg, pipe.cfg.pipeline.evaluate
+    device = pipe.accelerator.device
+    start = time.perf_counter()
+    student = load_teacher(student_dir, cfg.pair.architecture).to(device).eval()
+    teacher = load_teacher(teacher_dir, cfg.pair.architecture).to(device).eval()
+    collator = data["collator_factory"](tokenizer)
+    examples = data["eval_examples"]
+    source_ids = collator.encode_sources([ex.source for ex in examples])
+
+    generated: list[list[int]] = []
+    for batch_no, begin in enumerate(tqdm(range(0, len(source_ids), eval_cfg.batch_size), desc="evaluate: generate")):
+        generated += sample_targets(student, collator, source_ids[begin:begin + eval_cfg.batch_size],
+                                    eval_cfg.decoding, seed=cfg.seed * 100_003 + batch_no)
+    predictions = _decode(tokenizer, generated)
+    write_predictions(pipe.run_dir, [{"id": ex.id, "source": ex.source, "prediction": pred,
+                                      "references": list(ex.references)} for ex, pred in zip(examples, predictions, strict=True)])
+
+    task = SyntheticTask(**dict(cfg.dataset.params)) if cfg.dataset.name == "synthetic" else None
+    sources = [ex.source for ex in examples]
+    metrics, metadata = evaluate_predictions(
+        predictions, [list(ex.references) for ex in examples], list(cfg.dataset.metrics),
+        bertscore_encoder=eval_cfg.bertscore_encoder, moverscore_encoder=eval_cfg.moverscore_encoder,
+        bleurt_checkpoint=eval_cfg.bleurt_checkpoint, synthetic_task=task, sources=sources)
+    if task is not None and "synthetic_exact" not in cfg.dataset.metrics:
+        metrics.update({f"synthetic/{k}": v for k, v in synthetic_exact_metrics(task, sources, predictions).items()})
+
+    metrics.update(_analyses(pipe, teacher, student, collator, tokenizer, examples, source_ids, task))
+    metadata.update({
+        "decoding": asdict(eval_cfg.decoding), "split": eval_cfg.split, "num_examples": len(examples),
+        "analysis_examples": min(eval_cfg.analysis_limit, len(examples)), "divergence": asdict(cfg.divergence),
+        "distill": {"regime": cfg.pipeline.distill.regime, "lam": cfg.pipeline.distill.lam,
+                    "teacher_sampling": cfg.pipeline.distill.teacher_sampling},
+        "timings_seconds": {**pipe.timings, "evaluate_seconds": time.perf_counter() - start},
+        "device": str(device), "mixed_precision": cfg.pipeline.mixed_precision,
+    })
+    write_metrics(pipe.run_dir, metrics, metadata)
+    _print_summary(pipe.run_dir, metrics)
+    return metrics
+
+
+def _analyses(pipe, teacher, student, collator, tokenizer, examples, source_ids, task) -> dict:
+    """f-DISTILL Table 3 risks and TeacherDist, exposure-bias ExError, synthetic exact metrics of samples."""
+    eval_cfg = pipe.cfg.pipeline.evaluate
+    if not eval_cfg.analyses and task is None:
+        return {}
+    limit = min(eval_cfg.analysis_limit, len(examples))
+    sources, ids = [ex.source for ex in examples[:limit]], source_ids[:limit]
+    options = {"max_new_tokens": eval_cfg.decoding.max_new_tokens, "batch_size": eval_cfg.batch_size}
+    from fdistill.config import DecodingConfig
+
+    unit_temperature = DecodingConfig(strategy="sample", temperature=1.0, max_new_tokens=eval_cfg.decoding.max_new_tokens)
+    student_samples = sample_targets(student, collator, ids, unit_temperature, seed=pipe.cfg.seed + 17)
+    teacher_samples = sample_targets(teacher, collator, ids, unit_temperature, seed=pipe.cfg.seed + 29)
+    out: dict = {}
+    if "risks" in eval_cfg.analyses:
+        risks = likelihood_coverage_risk(teacher, student, collator, ids, student_samples=student_samples,
+                                         teacher_samples=teacher_samples, **options)
+        out.update({f"risk/{k}": v for k, v in risks.items()})
+    if "teacher_dist" in eval_cfg.analyses:
+        out["teacher_dist"] = teacher_distinct_bigrams(teacher, collator, ids, num_samples=5, **options)
+    if "exposure_bias" in eval_cfg.analyses:
+        exposure = exposure_bias_excess_error(teacher, student, collator, ids, student_samples=student_samples,
+                                              **options)
+        out.update({f"exposure/{k}": v for k, v in exposure.items()})
+    if task is not None:
+        decoded = _decode(tokenizer, student_samples)
+        out.update({f"synthetic_sample/{k}": v for k, v in synthetic_exact_metrics(task, sources, decoded).items()})
+    return out
+
+
+def _print_summary(run_dir, metrics: dict) -> None:
+    rows = [(key, metrics[key]) for key in SUMMARY_KEYS if key in metrics]
+    width = max((len(key) for key, _ in rows), default=10)
+    print("\nfdistill results")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+    print(f"  run dir: {run_dir}\n")

@@ -1,0 +1,190 @@
+"""One resumable training loop on `accelerate`, shared by teacher SFT, pre-distillation and distillation.
+
+Resumability: every `checkpoint_every` optimizer steps the full state (model, optimizer, scheduler,
+RNG of every process: `Accelerator.save_state`) and the step counter are written to
+``<work_dir>/checkpoint`` by an atomic directory swap. The data position needs no state of its own:
+the batch of micro-step `m` is a pure function of (seed, m) (`StepSampler`), so a resumed run
+continues exactly where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from fdistill.config import OptimConfig, TrainStageConfig
+from fdistill.training.optim import build_optimizer, build_scheduler
+
+CHECKPOINT = "checkpoint"
+STATE_FILE = "trainer_state.json"
+
+
+class StepSampler:
+    """Deterministic batches: micro-step m reads positions [m·B, (m+1)·B) of an epoch-wise permutation.
+
+    With several processes each takes a disjoint shard of the global batch (rank::world_size), so
+    the global batch size is `batch_size` whatever the number of processes.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if num_items <= 0:
+            raise ValueError("cannot train on an empty dataset: check dataset.limit.train and the data files")
+        if batch_size < world_size:
+            raise ValueError(f"batch_size={batch_size} is smaller than the number of processes ({world_size})")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.num_items)}
+        return self._perms[epoch]
+
+    def global_batch(self, micro_step: int) -> list[int]:
+        start = micro_step * self.batch_size
+        return [int(self._perm(pos // self.num_items)[pos % self.num_items]) for pos in range(start, start + self.batch_size)]
+
+    def __call__(self, micro_step: int) -> list[int]:
+        return self.global_batch(micro_step)[self.rank :: self.world_size]
+
+
+def micro_step_seed(seed: int, micro_step: int) -> int:
+    """A seed that is the same on every process (for draws that must agree, e.g. GKD's λ coin)."""
+    return random.Random(f"{seed}:{micro_step}").getrandbits(31)
+
+
+def num_training_steps(stage: TrainStageConfig, num_items: int) -> int:
+    """Optimizer steps: `max_steps`, or `epochs` over `num_items` examples at the global batch size."""
+    if stage.max_steps is not None:
+        return stage.max_steps
+    per_epoch = math.ceil(num_items / (stage.batch_size * stage.grad_accum))
+    return max(1, math.ceil(stage.epochs * per_epoch))
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    resumed_from: int
+    seconds: float
+
+
+LossFn = Callable[[torch.nn.Module, int], tuple[torch.Tensor, dict[str, float]]]
+
+
+def _save_checkpoint(accelerator: Accelerator, work_dir: Path, step: int) -> None:
+    """Atomically replace <work_dir>/checkpoint with the current state."""
+    tmp = work_dir / f"{CHECKPOINT}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
+        final, old = work_dir / CHECKPOINT, work_dir / f"{CHECKPOINT}.old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old.exists():
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _completed_checkpoint(work_dir: Path) -> Path | None:
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):  # .old survives a crash between the two renames
+        candidate = work_dir / name
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    return None
+
+
+def train(
+    *,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    stage: TrainStageConfig,
+    total_steps: int,
+    work_dir: Path,
+    desc: str,
+    on_log: Callable[[dict], None] | None = None,
+) -> LoopResult:
+    """Run `total_steps` optimizer steps of `loss_fn(model, micro_step)`, resuming from `work_dir`.
+
+    `model` must already be `accelerator.prepare`d; the optimizer and scheduler are built and
+    prepared here. Logs go to ``<work_dir>/log.csv`` (and `on_log`, e.g. wandb).
+    """
+    optim: OptimConfig = stage.optim
+    optimizer = build_optimizer(model, optim)
+    scheduler = build_scheduler(optimizer, optim, total_steps)
+    optimizer = accelerator.prepare(optimizer)
+    # The scheduler counts optimizer steps; it is not `prepare`d (accelerate would step it once per
+    # process) but registered so that save_state/load_state include it.
+    accelerator.register_for_checkpointing(scheduler)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    start = 0
+    checkpoint = _completed_checkpoint(work_dir)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        start = json.loads((checkpoint / STATE_FILE).read_text())["step"]
+        accelerator.print(f"[{desc}] resuming from step {start}/{total_steps} ({checkpoint})")
+
+    log_path = work_dir / "log.csv"
+    t0 = time.perf_counter()
+    model.train()
+    progress = tqdm(range(start, total_steps), desc=desc, initial=start, total=total_steps,
+                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    running: dict[str, float] = {}
+    steps_since_log = 0
+    for step in progress:
+        for micro in range(stage.grad_accum):
+            micro_step = step * stage.grad_accum + micro
+            with accelerator.accumulate(model), accelerator.autocast():
+                loss, logs = loss_fn(model, micro_step)
+                accelerator.backward(loss)  # accelerate divides by grad_accum
+                if accelerator.sync_gradients:
+                    if optim.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            for name, value in {"loss": float(loss.detach()), **logs}.items():
+                running[name] = running.get(name, 0.0) + value / stage.grad_accum
+        done = step + 1
+        steps_since_log += 1
+        if done % stage.log_every == 0 or done == total_steps:
+            row = {"step": done, "lr": scheduler.get_last_lr()[0],
+                   **{k: v / steps_since_log for k, v in running.items()}}
+            running, steps_since_log = {}, 0
+            progress.set_postfix(loss=f"{row['loss']:.4f}")
+            if accelerator.is_main_process:
+                _append_csv(log_path, row)
+                if on_log is not None:
+                    on_log(row)
+        if done % stage.checkpoint_every == 0 or done == total_steps:
+            _save_checkpoint(accelerator, work_dir, done)
+    progress.close()
+    return LoopResult(steps=total_steps, resumed_from=start, seconds=time.perf_counter() - t0)
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
