@@ -2,7 +2,14 @@
 
 from fdistill.models.architectures import ARCHITECTURES
 from fdistill.models.collate import IGNORE_INDEX, SeqCollator
-from fdistill.models.forward import generate_targets, hidden_states, paired_hidden_states, token_logits
+from fdistill.models.forward import (
+    generate_targets,
+    hidden_states,
+    model_config,
+    paired_hidden_states,
+    token_logits,
+    token_logits_and_hidden_states,
+)
 from fdistill.models.pairs import (
     load_teacher,
     prepare_tiny_pair,
@@ -26,6 +33,7 @@ __all__ = [
     "layer_map",
     "load_teacher",
     "load_tokenizer",
+    "model_config",
     "paired_hidden_states",
     "prepare_tiny_pair",
     "spread_layers",
@@ -33,4 +41,5 @@ __all__ = [
     "student_layer_plan",
     "teacher_layer_counts",
     "token_logits",
+    "token_logits_and_hidden_states",
 ]

@@ -16,16 +16,23 @@ from fdistill.models.collate import IGNORE_INDEX
 from fdistill.models.student import layer_map as recorded_layer_map
 
 
+def model_config(model: torch.nn.Module):
+    """The config of a model, also through a DDP/accelerate wrapper (which is called, not unwrapped,
+    so that gradient synchronisation sees the forward pass)."""
+    return getattr(model, "module", model).config
+
+
 def _decoder_input_ids(model: PreTrainedModel, labels: torch.Tensor) -> torch.Tensor:
     """Labels shifted right behind the model's `decoder_start_token_id`, padding for −100."""
-    start = torch.full_like(labels[:, :1], model.config.decoder_start_token_id)
+    config = model_config(model)
+    start = torch.full_like(labels[:, :1], config.decoder_start_token_id)
     shifted = torch.cat([start, labels[:, :-1]], dim=1)
-    return shifted.masked_fill(shifted == IGNORE_INDEX, model.config.pad_token_id)
+    return shifted.masked_fill(shifted == IGNORE_INDEX, config.pad_token_id)
 
 
 def _model_inputs(model: PreTrainedModel, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if model.config.is_encoder_decoder:
+    if model_config(model).is_encoder_decoder:
         inputs["decoder_input_ids"] = _decoder_input_ids(model, batch["labels"])
     else:
         inputs["position_ids"] = batch["position_ids"]
@@ -35,11 +42,21 @@ def _model_inputs(model: PreTrainedModel, batch: Mapping[str, torch.Tensor]) -> 
 def token_logits(model: PreTrainedModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Logits [B, T, V] with `logits[:, t]` predicting `batch["labels"][:, t]`. Decoder-only models compute
     the LM head only on the last T + 1 positions (`logits_to_keep`) and drop the final one."""
-    if model.config.is_encoder_decoder:
-        return model(**_model_inputs(model, batch)).logits
+    return token_logits_and_hidden_states(model, batch, output_hidden_states=False)[0]
+
+
+def token_logits_and_hidden_states(
+    model: PreTrainedModel, batch: Mapping[str, torch.Tensor], output_hidden_states: bool = True
+) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, ...]]]:
+    """`token_logits` and `hidden_states` from one forward pass (one pass per backward under DDP)."""
+    if model_config(model).is_encoder_decoder:
+        outputs = model(**_model_inputs(model, batch), output_hidden_states=output_hidden_states)
+        states = {"encoder": outputs.encoder_hidden_states, "decoder": outputs.decoder_hidden_states}
+        return outputs.logits, states if output_hidden_states else {}
     num_targets = batch["labels"].shape[1]
-    logits = model(**_model_inputs(model, batch), logits_to_keep=num_targets + 1).logits
-    return logits[:, :-1]
+    outputs = model(**_model_inputs(model, batch), logits_to_keep=num_targets + 1,
+                    output_hidden_states=output_hidden_states)
+    return outputs.logits[:, :-1], {"decoder": outputs.hidden_states} if output_hidden_states else {}
 
 
 def generate_targets(
@@ -93,12 +110,7 @@ def hidden_states(model: PreTrainedModel, batch: Mapping[str, torch.Tensor]) -> 
     """Hidden states of every layer for a collator batch: {"encoder": …, "decoder": …} for encoder-decoder
     models, {"decoder": …} for decoder-only ones. Index 0 is the embedding output, index k the output of
     layer k − 1 (the last one after the final layer norm where the model has one)."""
-    inputs = _model_inputs(model, batch)
-    if model.config.is_encoder_decoder:
-        outputs = model(**inputs, output_hidden_states=True)
-        return {"encoder": outputs.encoder_hidden_states, "decoder": outputs.decoder_hidden_states}
-    outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
-    return {"decoder": outputs.hidden_states}
+    return token_logits_and_hidden_states(model, batch)[1]
 
 
 def paired_hidden_states(
@@ -106,12 +118,13 @@ def paired_hidden_states(
     student: PreTrainedModel,
     batch: Mapping[str, torch.Tensor],
     layer_map: Mapping[str, list[int]] | None = None,
+    student_states: Mapping[str, tuple[torch.Tensor, ...]] | None = None,
 ) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
     """(student, teacher) hidden-state pairs per stack for pre-distillation: the output of student layer i
     with the output of teacher layer `layer_map[stack][i]` (default: the layer it was copied from). The
-    teacher runs without gradients."""
-    layer_map = recorded_layer_map(student) if layer_map is None else layer_map
-    student_states = hidden_states(student, batch)
+    teacher runs without gradients; `student_states` reuses a forward pass already made."""
+    layer_map = recorded_layer_map(getattr(student, "module", student)) if layer_map is None else layer_map
+    student_states = hidden_states(student, batch) if student_states is None else student_states
     with torch.no_grad():
         teacher_states = hidden_states(teacher, batch)
     for stack, teacher_layers in layer_map.items():

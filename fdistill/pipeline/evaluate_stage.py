@@ -3,7 +3,7 @@ metrics, run the papers' analyses, write `metrics.json`, and print a short table
 
 Text metrics score the configured decoding (greedy/beam/sampling); the analyses draw one student and
 one teacher sample per input at temperature 1 (f-DISTILL Table 3), and on the synthetic task the
-exact metrics are reported for both the decoded predictions (`synthetic/...`) and the temperature-1
+exact metrics are reported for both the decoded predictions (`validity_rate`, ...) and the temperature-1
 student samples (`synthetic_sample/...`: mode averaging and mode collapse show there).
 """
 
@@ -27,8 +27,9 @@ from fdistill.evaluation import (
 from fdistill.models import load_teacher
 from fdistill.sampling import sample_targets
 
-SUMMARY_KEYS = ("bleu", "synthetic/validity_rate", "synthetic_sample/validity_rate", "synthetic_sample/modes_covered",
-                "synthetic_sample/mode_tv", "risk/llh_per_token", "risk/cvg_per_token")
+SUMMARY_KEYS = ("bleu", "rouge2", "rougeL", "validity_rate", "modes_covered", "synthetic_sample/validity_rate",
+                "synthetic_sample/modes_covered", "synthetic_sample/mode_tv", "risk/likelihood_risk_per_token",
+                "risk/coverage_risk_per_token", "teacher_dist")
 
 
 def _decode(tokenizer, targets: list[list[int]]) -> list[str]:
@@ -60,7 +61,7 @@ def run_evaluation(pipe, student_dir: str, teacher_dir: str, tokenizer, data: di
         bertscore_encoder=eval_cfg.bertscore_encoder, moverscore_encoder=eval_cfg.moverscore_encoder,
         bleurt_checkpoint=eval_cfg.bleurt_checkpoint, synthetic_task=task, sources=sources)
     if task is not None and "synthetic_exact" not in cfg.dataset.metrics:
-        metrics.update({f"synthetic/{k}": v for k, v in synthetic_exact_metrics(task, sources, predictions).items()})
+        metrics.update(synthetic_exact_metrics(task, sources, predictions))
 
     metrics.update(_analyses(pipe, teacher, student, collator, tokenizer, examples, source_ids, task))
     metadata.update({

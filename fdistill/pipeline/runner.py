@@ -186,7 +186,7 @@ class Pipeline:
             collator = data["collator_factory"](tokenizer)
             training = self._training_set(tokenizer, data)
             sources = self._sources(collator, training, cfg.batch_size, self.cfg.pipeline.artifact_seed)
-            objective = PredistillObjective(cfg, teacher, student, sources)
+            objective = PredistillObjective(cfg, teacher, sources)
             self._train_stage("predistill", student, objective, cfg, len(training.pair_target_ids), work_dir)
             self._save_model(student, tokenizer, work_dir / "model")
 
