@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 # torch first, pinned to the locally provided CPU build: a bare `torch` requirement would pull
 # several GB of CUDA wheels. The pyproject range admits this version, so pip keeps it.
 TORCH_PIN ?= torch==2.13.0
+# One BLAS thread per process: on small CPU machines torch's default oversubscribes the cores.
+export OMP_NUM_THREADS ?= 1
 
 .DEFAULT_GOAL := help
 
@@ -38,6 +40,15 @@ test-slow: $(STAMP) ## run the slow tests (paper targets on tiny pairs, long end
 .PHONY: lint
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check fdistill tests scripts run.py
+
+.PHONY: toy-figures
+toy-figures: $(STAMP) ## AKL Figs. 2-3 and GKD Fig. 2 toy reproductions (CPU, < 1 min each) -> results/toy
+	$(PY) scripts/toy_akl_head_tail.py --out results/toy
+	$(PY) scripts/toy_gkd_mode_seeking.py --out results/toy
+
+.PHONY: report
+report: $(STAMP) ## table from a multirun: make report MULTIRUN=dir TABLE=name OUT=results/<paper>/<table> [PAPER_CSV=..]
+	$(PY) -m fdistill.reporting --multirun-dir $(MULTIRUN) --table "$(TABLE)" --out $(OUT) $(if $(PAPER_CSV),--paper-csv $(PAPER_CSV)) $(if $(METHOD_KEY),--method-key $(METHOD_KEY))
 
 .PHONY: bench-divergences
 bench-divergences: $(STAMP) ## memory/time benchmark of the divergence kernels -> results/bench/divergences.md
