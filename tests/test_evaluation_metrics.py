@@ -171,7 +171,7 @@ def test_moverscore_offline_identical_is_one_and_paraphrase_beats_unrelated():
         score([prediction], [[reference]], ["moverscore"], moverscore_encoder=LOCAL_ENCODER)["moverscore"]
         for prediction, reference in zip(predictions, ["the cat sat on the mat", "interest rates rose in march"],
                                          strict=True))
-    assert 0.0 < unrelated < paraphrase < 1.0
+    assert unrelated < paraphrase < 1.0  # 1 − EMD with distances up to 2: negative for unrelated text
 
 
 def test_moverscore_averages_over_references():
@@ -199,20 +199,18 @@ def test_dart_human_reference_scored_against_the_others(shared_data):
     predictions = [refs[0] for refs in references]
     others = [refs[1:] for refs in references]
     shuffled = others[1:] + others[:1]  # each prediction against another input's references
-    values, metadata = evaluate_predictions(predictions, others, ["bleu", "meteor", "ter", "bleurt"])
+    values, metadata = evaluate_predictions(predictions, others, ["bleu", "meteor", "bleurt"])
     baseline, _ = evaluate_predictions(predictions, shuffled, ["bleu", "meteor"])
     assert 15 < values["bleu"] < 90 and baseline["bleu"] < values["bleu"] / 3
     assert 0.3 < values["meteor"] < 0.95 and baseline["meteor"] < values["meteor"] - 0.15
-    assert 10 < values["ter"] < 90
     assert values["bleurt"].startswith("unavailable: ")
     assert metadata["signatures"]["bleu"].startswith("nrefs:var")
-    # Embedding metrics on a smaller slice: the CPU encoder dominates the test time.
-    embedding_slice = slice(0, 40)
+    # TER's shift search and the CPU encoders dominate the test time: a smaller slice for them.
+    assert 10 < evaluate_predictions(predictions[:10], others[:10], ["ter"])[0]["ter"] < 90
+    head = slice(0, 20)
     options = {"bertscore_encoder": LOCAL_ENCODER, "moverscore_encoder": LOCAL_ENCODER}
-    values, metadata = evaluate_predictions(predictions[embedding_slice], others[embedding_slice],
-                                            ["bertscore", "moverscore"], **options)
-    baseline, _ = evaluate_predictions(predictions[embedding_slice], shuffled[embedding_slice],
-                                       ["bertscore", "moverscore"], **options)
+    values, metadata = evaluate_predictions(predictions[head], others[head], ["bertscore", "moverscore"], **options)
+    baseline, _ = evaluate_predictions(predictions[head], shuffled[head], ["bertscore", "moverscore"], **options)
     assert baseline["bertscore"] < values["bertscore"] < 1.0
     assert baseline["moverscore"] < values["moverscore"] < 1.0
     assert metadata["bertscore_encoder"] == metadata["moverscore_encoder"] == LOCAL_ENCODER

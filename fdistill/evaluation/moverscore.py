@@ -6,7 +6,8 @@ removed numpy APIs. We follow the reference code's unigram setting (``n_gram=1``
 embeddings, L2-normalised; token weights idf(w) = log((M + 1) / (df(w) + 1)) over the M references
 (resp. hypotheses); weight 0 for special tokens, punctuation and WordPiece continuations (``##``);
 cost = Euclidean distance; score = 1 − EMD (``moverscore.py``; ``moverscore_v2.py`` reports the
-monotone transform 1 / (1 + EMD)). Several references: the mean of the per-reference scores, as in
+monotone transform 1 / (1 + EMD)). Distances between unit vectors reach 2, so the score lies in
+[−1, 1]: 1 for identical texts, negative for unrelated ones under a sentence encoder like MiniLM. Several references: the mean of the per-reference scores, as in
 ``moverscore_v2.sentence_score`` and the WebNLG/DART evaluation script. A corpus of one sentence gets
 uniform weights (idf would be 0 everywhere). A side with no weighted token (e.g. only punctuation, or
 only tokens found in every sentence of its corpus) scores 0.

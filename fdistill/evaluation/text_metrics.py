@@ -12,8 +12,9 @@
 | distinct_n | distinct-1/2 over whitespace tokens (Li et al. 2016) | diversity |
 | synthetic_exact | :func:`fdistill.evaluation.analyses.synthetic_exact_metrics` | synthetic task |
 
-Scales are each library's own: sacrebleu metrics (bleu*, ter, chrf, self_bleu) in 0–100, all others in
-0–1 (``metadata["scales"]``).
+Scales are each library's own: sacrebleu metrics (bleu*, ter, chrf, self_bleu) in 0–100, MoverScore
+1 − EMD ≤ 1 (negative for unrelated text), BLEURT checkpoint-specific, the others in 0–1
+(``metadata["scales"]``).
 
 METEOR differs from the DART/GEM evaluation scripts used by f-DISTILL: those call the METEOR 1.5 Java
 jar (``-l en -norm``; exact, stem, synonym and paraphrase modules; language-tuned parameters;
@@ -317,7 +318,7 @@ def synthetic_exact(inputs: MetricInputs) -> tuple[MetricValues, MetricMetadata]
 
 # Value scale per flat key; keys not listed are in 0-1.
 SCALES = {**{key: "0-100" for key in ("bleu", "bleu1", "bleu2", "ter", "chrf", "self_bleu")},
-          "bleurt": "checkpoint-specific", "modes_covered": "count", "mode_entropy": "nats", "mode_entropy_true": "nats"}
+          "moverscore": "1-EMD, at most 1", "bleurt": "checkpoint-specific", "modes_covered": "count", "mode_entropy": "nats", "mode_entropy_true": "nats"}
 
 
 def evaluate_predictions(predictions: Sequence[str], references: Sequence[Sequence[str]],
