@@ -146,6 +146,8 @@ def test_bertscore_paper_encoder_unavailable_offline_is_an_error_not_a_fallback(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="(?s)'roberta-large' could not be loaded.*all-MiniLM-L6-v2"):
         evaluate_predictions(["a b"], [["a b"]], ["bertscore"])  # None -> the papers' roberta-large
+    with pytest.raises(ValueError, match="no tuned layer for encoder 'my-org/unknown-encoder'"):
+        evaluate_predictions(["a b"], [["a b"]], ["bertscore"], bertscore_encoder="my-org/unknown-encoder")
 
 
 def test_earth_movers_similarity_hand_computed_cases():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +64,6 @@ def load_encoder(name: str):
     from transformers import AutoModel, AutoTokenizer
 
     spec = resolve_encoder(name)
-    if Path(spec.location).is_dir():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.location)
         model = AutoModel.from_pretrained(spec.location).eval()

@@ -170,13 +170,17 @@ for _rouge_name in ("rouge1", "rouge2", "rougeL"):
 def _bert_scorer(encoder: str):
     """A BERTScorer for an encoder name, built once per process (no silent encoder substitution)."""
     from bert_score import BERTScorer
+    from bert_score.utils import model2layers
 
     from fdistill.evaluation.encoders import resolve_encoder, unavailable_encoder_error
 
     spec = resolve_encoder(encoder)
+    if spec.num_layers is None and spec.location not in model2layers:
+        raise ValueError(f"bert-score has no tuned layer for encoder {encoder!r}: name one of its models "
+                         f"(e.g. roberta-large) or a local model directory")
     try:
         scorer = BERTScorer(model_type=spec.location, num_layers=spec.num_layers, lang="en")
-    except (OSError, KeyError) as error:
+    except OSError as error:
         raise unavailable_encoder_error(encoder, error) from error
     return spec, scorer
 
