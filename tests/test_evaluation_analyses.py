@@ -11,10 +11,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from fdistill.evaluation import (
     distinct_bigram_percentage,
+    draw_samples,
     evaluate_predictions,
     exposure_bias_excess_error,
     likelihood_coverage_risk,
-    sample_targets,
     synthetic_exact_metrics,
     teacher_distinct_bigrams,
 )
@@ -107,11 +107,11 @@ def test_analyses_restore_training_mode_and_sample_reproducibly(tiny_pair, sourc
     teacher.train()
 
 
-def test_sample_targets_returns_num_samples_per_input_ending_at_eos(tiny_pair, sources_and_targets):
+def test_draw_samples_returns_num_samples_per_input_ending_at_eos(tiny_pair, sources_and_targets):
     teacher, _, collator = tiny_pair
     sources, _ = sources_and_targets
     torch.manual_seed(0)
-    samples = sample_targets(teacher, collator, sources, num_samples=5, max_new_tokens=6, batch_size=2)
+    samples = draw_samples(teacher, collator, sources, num_samples=5, max_new_tokens=6, batch_size=2)
     assert [len(group) for group in samples] == [5, 5, 5]
     for group in samples:
         for ids in group:

@@ -8,9 +8,9 @@ See :mod:`fdistill.evaluation.text_metrics` (metric names, libraries, scales), :
 
 from fdistill.evaluation.analyses import (
     distinct_bigram_percentage,
+    draw_samples,
     exposure_bias_excess_error,
     likelihood_coverage_risk,
-    sample_targets,
     sequence_nll,
     synthetic_exact_metrics,
     teacher_distinct_bigrams,
@@ -29,7 +29,7 @@ __all__ = [
     "read_metrics",
     "read_predictions",
     "rescore_run",
-    "sample_targets",
+    "draw_samples",
     "sequence_nll",
     "synthetic_exact_metrics",
     "teacher_distinct_bigrams",

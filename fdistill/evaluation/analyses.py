@@ -46,7 +46,7 @@ def _logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     return token_logits(model, on_device).float()
 
 
-def sample_targets(model: torch.nn.Module, collator, source_ids: Sequence[TokenIds], *, num_samples: int,
+def draw_samples(model: torch.nn.Module, collator, source_ids: Sequence[TokenIds], *, num_samples: int,
                    max_new_tokens: int, temperature: float = 1.0, batch_size: int = 16) -> list[list[list[int]]]:
     """``num_samples`` ancestral samples per input → ``[input][sample] -> token ids``."""
     from fdistill.models import generate_targets
@@ -93,11 +93,11 @@ def likelihood_coverage_risk(teacher: torch.nn.Module, student: torch.nn.Module,
     Pre-drawn samples (one per input) can be passed instead of sampling here.
     """
     if student_samples is None:
-        student_samples = [group[0] for group in sample_targets(
+        student_samples = [group[0] for group in draw_samples(
             student, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
             temperature=temperature, batch_size=batch_size)]
     if teacher_samples is None:
-        teacher_samples = [group[0] for group in sample_targets(
+        teacher_samples = [group[0] for group in draw_samples(
             teacher, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
             temperature=temperature, batch_size=batch_size)]
     likelihood = _risk(*sequence_nll(teacher, collator, source_ids, student_samples, batch_size=batch_size))
@@ -128,7 +128,7 @@ def teacher_distinct_bigrams(teacher: torch.nn.Module, collator, source_ids: Seq
                              batch_size: int = 16) -> float:
     """f-DISTILL Table 3 TeacherDist: distinct-bigram % among ``num_samples`` teacher samples per input,
     averaged over inputs; samples are decoded (special tokens skipped) and split on whitespace."""
-    samples = sample_targets(teacher, collator, source_ids, num_samples=num_samples,
+    samples = draw_samples(teacher, collator, source_ids, num_samples=num_samples,
                              max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
     tokenizer = collator.tokenizer
     words = [[tokenizer.decode(ids, skip_special_tokens=True).split() for ids in group] for group in samples]
@@ -167,11 +167,11 @@ def exposure_bias_excess_error(teacher: torch.nn.Module, student: torch.nn.Modul
     (student equals teacher on the teacher-forced prefixes).
     """
     if reference_target_ids is None:
-        reference_target_ids = [group[0] for group in sample_targets(
+        reference_target_ids = [group[0] for group in draw_samples(
             teacher, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
             temperature=temperature, batch_size=batch_size)]
     if student_samples is None:
-        student_samples = [group[0] for group in sample_targets(
+        student_samples = [group[0] for group in draw_samples(
             student, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
             temperature=temperature, batch_size=batch_size)]
     teacher_forced = mean_token_kl(teacher, student, collator, source_ids, reference_target_ids, batch_size=batch_size)
