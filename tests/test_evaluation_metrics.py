@@ -108,6 +108,7 @@ def test_self_bleu_equals_sacrebleu_with_all_other_texts_as_references():
     assert value == pytest.approx(expected)
     assert "nrefs:14" in signature
     assert self_bleu_score(["the very same five words"] * 2)[0] == pytest.approx(100.0)
+    assert score(["alone"], [[]], ["self_bleu"])["self_bleu"].startswith("unavailable: ")
 
 
 def test_bleurt_without_checkpoint_reports_unavailable_instead_of_crashing():

@@ -292,6 +292,8 @@ def self_bleu_score(texts: Sequence[str], max_ngram_order: int = 4) -> tuple[flo
 @register_metric("self_bleu")
 def self_bleu(inputs: MetricInputs) -> tuple[MetricValues, MetricMetadata]:
     """Self-BLEU of the predictions (GKD Fig. 5 diversity axis; higher = less diverse)."""
+    if len(inputs.predictions) < 2:
+        return {"self_bleu": "unavailable: Self-BLEU needs at least 2 predictions"}, {}
     score, signature = self_bleu_score(inputs.predictions)
     return {"self_bleu": score}, {"signatures": {"self_bleu": signature}}
 
