@@ -99,7 +99,7 @@ def _analyses(pipe, teacher, student, collator, tokenizer, examples, source_ids,
         out["teacher_dist"] = teacher_distinct_bigrams(teacher, collator, ids, num_samples=5, **options)
     if "exposure_bias" in eval_cfg.analyses:
         exposure = exposure_bias_excess_error(teacher, student, collator, ids, student_samples=student_samples,
-                                              **options)
+                                              reference_target_ids=teacher_samples, **options)
         out.update({f"exposure/{k}": v for k, v in exposure.items()})
     if task is not None:
         decoded = _decode(tokenizer, student_samples)
