@@ -1,10 +1,10 @@
 """One resumable training loop on `accelerate`, shared by teacher SFT, pre-distillation and distillation.
 
-Resumability: every `checkpoint_every` optimizer steps the full state (model, optimizer, scheduler,
-RNG of every process: `Accelerator.save_state`) and the step counter are written to
-``<work_dir>/checkpoint`` by an atomic directory swap. The data position needs no state of its own:
-the batch of micro-step `m` is a pure function of (seed, m) (`StepSampler`), so a resumed run
-continues exactly where the killed one stopped.
+Resumability: every `checkpoint_every` optimizer steps the full state (model, optimizer and RNG of
+every process: `Accelerator.save_state`; step counter and scheduler: ``trainer_state.json``) is
+written to ``<work_dir>/checkpoint`` by an atomic directory swap. The data position needs no state
+of its own: the batch of micro-step `m` is a pure function of (seed, m) (`StepSampler`), so a
+resumed run continues exactly where the killed one stopped.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from fdistill.config import OptimConfig, TrainStageConfig
@@ -84,8 +85,13 @@ class LoopResult:
 LossFn = Callable[[torch.nn.Module, int], tuple[torch.Tensor, dict[str, float]]]
 
 
-def _save_checkpoint(accelerator: Accelerator, work_dir: Path, step: int) -> None:
-    """Atomically replace <work_dir>/checkpoint with the current state."""
+def _save_checkpoint(accelerator: Accelerator, work_dir: Path, step: int, scheduler: LambdaLR) -> None:
+    """Atomically replace <work_dir>/checkpoint with the current state.
+
+    The scheduler is stored in trainer_state.json rather than registered with the accelerator:
+    registered objects outlive a stage, so a later stage's checkpoint would carry every earlier
+    stage's scheduler and could not be loaded by a run that takes those stages from the cache.
+    """
     tmp = work_dir / f"{CHECKPOINT}.tmp"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
@@ -93,9 +99,11 @@ def _save_checkpoint(accelerator: Accelerator, work_dir: Path, step: int) -> Non
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
         final, old = work_dir / CHECKPOINT, work_dir / f"{CHECKPOINT}.old"
         if final.exists():
+            if old.exists():  # left by a crash after the last swap; `final` is complete, so it is not needed
+                shutil.rmtree(old)
             os.replace(final, old)
         os.replace(tmp, final)
         if old.exists():
@@ -132,15 +140,17 @@ def train(
     scheduler = build_scheduler(optimizer, optim, total_steps)
     optimizer = accelerator.prepare(optimizer)
     # The scheduler counts optimizer steps; it is not `prepare`d (accelerate would step it once per
-    # process) but registered so that save_state/load_state include it.
-    accelerator.register_for_checkpointing(scheduler)
+    # process) and is checkpointed in trainer_state.json.
+    accelerator.gradient_accumulation_steps = stage.grad_accum  # `accumulate` syncs every grad_accum micro-steps
     work_dir.mkdir(parents=True, exist_ok=True)
 
     start = 0
     checkpoint = _completed_checkpoint(work_dir)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        start = json.loads((checkpoint / STATE_FILE).read_text())["step"]
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
         accelerator.print(f"[{desc}] resuming from step {start}/{total_steps} ({checkpoint})")
 
     log_path = work_dir / "log.csv"
@@ -176,7 +186,7 @@ def train(
                 if on_log is not None:
                     on_log(row)
         if done % stage.checkpoint_every == 0 or done == total_steps:
-            _save_checkpoint(accelerator, work_dir, done)
+            _save_checkpoint(accelerator, work_dir, done, scheduler)
     progress.close()
     return LoopResult(steps=total_steps, resumed_from=start, seconds=time.perf_counter() - t0)
 
