@@ -24,7 +24,7 @@ from fdistill.data import load_from_config, training_pairs
 from fdistill.pipeline.cache import ArtifactCache, read_stage_marker, write_json_atomic, write_stage_marker
 from fdistill.pipeline.preflight import Preflight, preflight
 from fdistill.sampling import load_teacher_samples, sample_teacher_offline
-from fdistill.training.loop import num_training_steps, train
+from fdistill.training.loop import num_training_steps, parameter_digest, train
 from fdistill.training.objectives import BatchSources, DistillationObjective, MleObjective, TrainingSet
 
 log = logging.getLogger("fdistill")
@@ -250,10 +250,20 @@ class Pipeline:
                                           distill=cfg, teacher=teacher, sources=sources, seed=self.cfg.seed)
         num_items = len(samples) if samples is not None else len(training.pair_target_ids)
         self._train_stage("distill", student, objective, cfg, num_items, self.run_dir / "distill")
+        self._write_process_record(student, objective)
         self._save_model(student, tokenizer, out_dir)
         write_stage_marker(self.run_dir, "distill", {"student": str(out_dir),
                                                      "seconds": self.timings.get("distill_seconds")})
         return str(out_dir)
+
+    def _write_process_record(self, student, objective: DistillationObjective) -> None:
+        """DDP sanity artifact ``<run_dir>/distill/process_<rank>.json``: the student's parameter digest
+        and the GKD on-policy micro-steps this process ran; all processes must write the same values."""
+        rank = self.accelerator.process_index
+        write_json_atomic(self.run_dir / "distill" / f"process_{rank}.json",
+                          {"rank": rank, "num_processes": self.accelerator.num_processes,
+                           "param_sha256": parameter_digest(self.accelerator.unwrap_model(student)),
+                           "on_policy_micro_steps": objective.on_policy_micro_steps})
 
     def stage_evaluate(self, student_dir: str, teacher_dir: str, tokenizer, data: dict) -> dict:
         from fdistill.pipeline.evaluate_stage import run_evaluation

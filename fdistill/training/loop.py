@@ -10,6 +10,7 @@ resumed run continues exactly where the killed one stopped.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -65,6 +66,15 @@ class StepSampler:
 def micro_step_seed(seed: int, micro_step: int) -> int:
     """A seed that is the same on every process (for draws that must agree, e.g. GKD's λ coin)."""
     return random.Random(f"{seed}:{micro_step}").getrandbits(31)
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the state dict (names and raw bytes, in name order): equal iff the weights are identical."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def num_training_steps(stage: TrainStageConfig, num_items: int) -> int:

@@ -135,6 +135,7 @@ class DistillationObjective:
         self.cfg, self.div, self.distill = divergence_cfg, divergence, distill
         self.teacher, self.sources, self.seed = teacher, sources, seed
         self.prefix_mixture = divergence_cfg.params.get("mixture") == "prefix"
+        self.on_policy_micro_steps: list[int] = []  # GKD: micro-steps this process trained on student samples
 
     def _logits(self, student, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         student_logits = token_logits(student, batch)
@@ -174,6 +175,8 @@ class DistillationObjective:
                 loss, logs["student_side"] = loss + part, float(part.detach())
             return loss, logs
         on_policy = random.Random(micro_step_seed(self.seed, micro_step)).random() < self.distill.lam
+        if on_policy:
+            self.on_policy_micro_steps.append(micro_step)
         batch = self.sources.student(student, micro_step) if on_policy else self.sources.fixed(micro_step)
         student_logits, teacher_logits = self._logits(student, batch)
         loss = masked_mean(self.div.per_token(student_logits, teacher_logits), _valid(batch))
