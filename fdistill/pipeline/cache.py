@@ -83,9 +83,9 @@ class ArtifactCache:
         key = config_hash(spec)
         final, partial, lock_path = self._paths(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        found = self.lookup(kind, spec)
-        if found is not None:
-            return found
+        # No lookup before the lock: with several processes, one could find an artifact that another
+        # job publishes a moment later while the others miss it, and they would no longer meet at the
+        # same barriers. Under the main process's lock every process sees the same cache state.
         is_main = accelerator is None or accelerator.is_main_process
         barrier = accelerator.wait_for_everyone if accelerator is not None else (lambda: None)
         lock = FileLock(str(lock_path)) if is_main else nullcontext()
