@@ -43,7 +43,10 @@ def preflight(cfg: FdistillConfig) -> Preflight:
         if name not in available_divergences():
             raise ConfigError(f"unknown divergence {name!r}; choose one of {available_divergences()} or the "
                               f"baselines mle, seqkd, engine, word_kd, predistill (divergence=<name>)")
-        divergence = get_divergence(name, temperature=cfg.divergence.temperature, **dict(cfg.divergence.params))
+        try:
+            divergence = get_divergence(name, temperature=cfg.divergence.temperature, **dict(cfg.divergence.params))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"divergence.params={dict(cfg.divergence.params)} is invalid: {error}") from error
         needs = _divergence_needs(divergence, distill)
     if not distill.enabled:
         needs = frozenset()
