@@ -90,6 +90,8 @@ def test_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, c
 
     assert "[second] resuming from step 6/10" in capsys.readouterr().out
     assert parameter_digest(resumed) == reference
+    with (tmp_path / "killed" / "second" / "log.csv").open() as handle:  # step 7, logged before the crash, once
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == list(range(1, 11))
 
 
 def test_gradient_accumulation_steps_the_scheduler_once_per_optimizer_step(tmp_path):

@@ -164,6 +164,8 @@ def train(
         accelerator.print(f"[{desc}] resuming from step {start}/{total_steps} ({checkpoint})")
 
     log_path = work_dir / "log.csv"
+    if accelerator.is_main_process:
+        _drop_log_rows_after(log_path, start)  # a killed run may have logged steps it will redo now
     t0 = time.perf_counter()
     model.train()
     progress = tqdm(range(start, total_steps), desc=desc, initial=start, total=total_steps,
@@ -208,3 +210,22 @@ def _append_csv(path: Path, row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def _drop_log_rows_after(path: Path, step: int) -> None:
+    """Keep only the rows of steps <= `step` in the CSV log (rewritten atomically)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = [row for row in reader if int(row["step"]) <= step]
+        fieldnames = reader.fieldnames
+    if not rows:
+        path.unlink()
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
