@@ -13,10 +13,11 @@ import logging
 import os
 import time
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from fdistill.config import FdistillConfig, validate_config
@@ -28,6 +29,10 @@ from fdistill.training.loop import num_training_steps, parameter_digest, train
 from fdistill.training.objectives import BatchSources, DistillationObjective, MleObjective, TrainingSet
 
 log = logging.getLogger("fdistill")
+
+# Teacher sampling and evaluation run on the main process while the others wait at a barrier; at paper
+# scale that takes hours, far past torch.distributed's default timeout (10 min NCCL, 30 min gloo).
+MAIN_ONLY_STAGE_TIMEOUT = timedelta(hours=48)
 
 
 def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
@@ -42,7 +47,8 @@ class Pipeline:
         self.raw, self.cfg, self.checked, self.run_dir = raw, cfg, checked, run_dir
         self.cache = ArtifactCache(cfg.paths.cache_dir)
         self.accelerator = Accelerator(cpu=cfg.pipeline.cpu, mixed_precision=cfg.pipeline.mixed_precision,
-                                       gradient_accumulation_steps=1)
+                                       gradient_accumulation_steps=1,
+                                       kwargs_handlers=[InitProcessGroupKwargs(timeout=MAIN_ONLY_STAGE_TIMEOUT)])
         self.timings: dict[str, float] = {}
         self.wandb_run = None
 
