@@ -29,7 +29,6 @@ from torch import Tensor
 from fdistill.divergences.chunked import DEFAULT_CHUNK_ELEMENTS, chunked_rows, default_chunk_rows
 from fdistill.divergences.registry import register_divergence
 
-SOURCES = frozenset({"teacher", "student", "data"})
 MIXTURES = ("step", "prefix")
 
 
