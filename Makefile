@@ -53,3 +53,144 @@ report: $(STAMP) ## table from a multirun: make report MULTIRUN=dir TABLE=name O
 .PHONY: bench-divergences
 bench-divergences: $(STAMP) ## memory/time benchmark of the divergence kernels -> results/bench/divergences.md
 	$(PY) scripts/bench_divergences.py --out results/bench/divergences.md
+
+# ------------------------------------------------------------------------------------------------------
+# Paper tables: each target = one Hydra multirun (conf/sweep/<name>.yaml) + aggregation over seeds
+# (fdistill.reporting) into $(RESULTS)/<paper>/<table>.{csv,md,tex}. docs/reproducing.md maps every
+# table and figure to its command. Variables:
+#   DATASET    dataset config (default per target: dart for f-DISTILL, xsum for GKD, dolly for AKL)
+#   PAIR       pair config (default: the paper's pair of DATASET, see PAIR_<dataset> below)
+#   PIPELINE   pipeline preset (default: the paper's, fdistill_paper / gkd_paper / akl_paper)
+#   SEEDS      seed axis of every sweep (aggregation reports mean ± std over it)
+#   OVERRIDES  extra Hydra overrides for every job, e.g. OVERRIDES="pipeline.distill.max_steps=2"
+#   TAG        suffix of the multirun dir, to keep variants apart; OUTPUTS, RESULTS: where runs/tables go
+#   REPORT_FLAGS  extra flags of the aggregation (python -m fdistill.reporting --help)
+# Tiny CPU check: make fdistill-table2 DATASET=synthetic PAIR=tiny_bart PIPELINE=default
+DATASET ?=
+PAIR ?=
+PIPELINE ?=
+SEEDS ?= 0,1,2
+OVERRIDES ?=
+TAG ?=
+OUTPUTS ?= outputs
+RESULTS ?= results
+LAYERS ?= 1,2,3,4,5,6
+REPORT_FLAGS ?=
+
+PAIR_dart := bart_dart
+PAIR_xsum := bart_xsum
+PAIR_wmt16_en_ro := t5_wmt
+PAIR_commonsense_dialogue := dialogpt_cd
+PAIR_dolly := gpt2_dolly
+PAIR_synthetic := tiny_bart
+PAPER_DATASET_dart := DART
+PAPER_DATASET_xsum := XSum
+PAPER_DATASET_wmt16_en_ro := WMT16 EN-RO
+PAPER_DATASET_commonsense_dialogue := Commonsense Dialogue
+PAPER_DATASET_dolly := Dolly
+
+dataset_or = $(or $(DATASET),$(1))
+pair_of = $(or $(PAIR),$(PAIR_$(1)),$(error no default pair for DATASET=$(1); set PAIR=<conf/pair name>))
+# $(call sweep_name,TABLE,DATASET): the multirun folder name under $(OUTPUTS)/multirun
+sweep_name = $(1)_$(2)_$(call pair_of,$(2))$(TAG)
+sweep_dir = $(abspath $(OUTPUTS))/multirun/$(call sweep_name,$(1),$(2))
+# $(call multirun,SWEEP_CONFIG,TABLE,DATASET,DEFAULT_PIPELINE[,MORE OVERRIDES])
+multirun = $(PY) run.py -m +sweep=$(1) sweep_name=$(call sweep_name,$(2),$(3)) dataset=$(3) \
+	pair=$(call pair_of,$(3)) pipeline=$(or $(PIPELINE),$(4)) seed=$(SEEDS) \
+	paths.output_dir=$(abspath $(OUTPUTS)) $(5) $(OVERRIDES)
+# $(call report,TABLE,DATASET,TITLE,OUT,MORE FLAGS)
+report_table = $(PY) -m fdistill.reporting --multirun-dir $(call sweep_dir,$(1),$(2)) --table "$(3)" --out $(4) $(5) \
+	$(REPORT_FLAGS)
+paper_csv = $(if $(PAPER_DATASET_$(2)),--paper-csv $(1) --paper-dataset "$(PAPER_DATASET_$(2))")
+
+FDISTILL_DATASET = $(call dataset_or,dart)
+GKD_DATASET = $(call dataset_or,xsum)
+AKL_DATASET = $(call dataset_or,dolly)
+RISK_METRICS := risk/likelihood_risk_per_token risk/coverage_risk_per_token \
+	risk/likelihood_risk_per_sequence risk/coverage_risk_per_sequence teacher_dist
+
+.PHONY: fdistill-table2
+fdistill-table2: $(STAMP) ## f-DISTILL Table 2 (baselines + KL/RKL/JS/TVD): make fdistill-table2 DATASET=dart
+	$(call multirun,fdistill_table2,fdistill_table2,$(FDISTILL_DATASET),fdistill_paper)
+	$(call report_table,fdistill_table2,$(FDISTILL_DATASET),f-DISTILL Table 2 ($(FDISTILL_DATASET)),\
+		$(RESULTS)/fdistill/table2_$(FDISTILL_DATASET),--method-key divergence \
+		$(call paper_csv,results/paper/fdistill_table2.csv,$(FDISTILL_DATASET)))
+
+.PHONY: fdistill-table3
+fdistill-table3: $(STAMP) ## f-DISTILL Table 3 (R_llh, R_cvg, TeacherDist per divergence), DATASET=dart
+	$(call multirun,fdistill_table3,fdistill_table3,$(FDISTILL_DATASET),fdistill_paper)
+	$(call report_table,fdistill_table3,$(FDISTILL_DATASET),f-DISTILL Table 3 ($(FDISTILL_DATASET)),\
+		$(RESULTS)/fdistill/table3_$(FDISTILL_DATASET),--method-key divergence --digits 3 --metrics $(RISK_METRICS))
+
+.PHONY: fdistill-table4
+fdistill-table4: $(STAMP) ## f-DISTILL Table 4 (JS/TVD, online vs offline teacher sampling, speedup), DATASET=dart
+	$(call multirun,fdistill_table4,fdistill_table4,$(FDISTILL_DATASET),fdistill_paper)
+	$(call report_table,fdistill_table4,$(FDISTILL_DATASET),f-DISTILL Table 4 ($(FDISTILL_DATASET)),\
+		$(RESULTS)/fdistill/table4_$(FDISTILL_DATASET),--method-key divergence)
+	$(PY) scripts/reproduce_speedup.py --multirun-dir $(call sweep_dir,fdistill_table4,$(FDISTILL_DATASET)) \
+		--out $(RESULTS)/fdistill/table4_$(FDISTILL_DATASET)_speedup
+
+.PHONY: fdistill-figure2
+fdistill-figure2: $(STAMP) ## f-DISTILL Figure 2 (student encoder layers LAYERS=1,...,6), DATASET=dart
+	$(call multirun,fdistill_figure2,fdistill_figure2,$(FDISTILL_DATASET),fdistill_paper,\
+		pair.student.num_encoder_layers=$(LAYERS))
+	$(call report_table,fdistill_figure2,$(FDISTILL_DATASET),f-DISTILL Figure 2 ($(FDISTILL_DATASET)),\
+		$(RESULTS)/fdistill/figure2_$(FDISTILL_DATASET),--method-key divergence \
+		--figure student-size --figure-metric bleu)
+
+.PHONY: gkd-grid
+gkd-grid: $(STAMP) ## GKD Fig. 7-style grid: λ ∈ {0, 0.5, 1} x JSD(β ∈ {0=KL, 0.1, 0.5, 0.9, 1=RKL}), DATASET=xsum
+	$(call multirun,gkd_grid,gkd_grid,$(GKD_DATASET),gkd_paper)
+	$(call report_table,gkd_grid,$(GKD_DATASET),GKD lambda x JSD(beta) grid ($(GKD_DATASET)),\
+		$(RESULTS)/gkd/grid_$(GKD_DATASET),--figure lambda-grid --series-key divergence.params.beta \
+		--figure-metric $(or $(GKD_METRIC),rougeL))
+
+.PHONY: akl-table1
+akl-table1: $(STAMP) ## AKL Table 1 (SFT, SeqKD, KL, RKL, SKL, SRKL, FKL+RKL w=.25/.5/.75, AKL, AKL-r), DATASET=dolly
+	$(call multirun,akl_table1,akl_table1,$(AKL_DATASET),akl_paper)
+	$(call multirun,akl_table1_fkl_rkl,akl_table1,$(AKL_DATASET),akl_paper)
+	$(call report_table,akl_table1,$(AKL_DATASET),AKL Table 1 ($(AKL_DATASET)),\
+		$(RESULTS)/akl/table1_$(AKL_DATASET),--method-key divergence --alias mle=SFT --alias kl=KD \
+		$(call paper_csv,results/paper/akl_table1.csv,$(AKL_DATASET)))
+
+.PHONY: akl-table6
+akl-table6: $(STAMP) ## AKL Table 6 (AKL with μ ∈ {0.45, 0.5, 0.55}), DATASET=dolly
+	$(call multirun,akl_table6,akl_table6,$(AKL_DATASET),akl_paper)
+	$(call report_table,akl_table6,$(AKL_DATASET),AKL Table 6 ($(AKL_DATASET)),$(RESULTS)/akl/table6_$(AKL_DATASET))
+
+# ------------------------------------------------------------------------------------------------------
+# Synthetic reproduction (results/synthetic): f-DISTILL Table 2 + 3 analogue and the GKD λ grid on the
+# synthetic task with few and many modes, capacity-gap GPT-2 pair, CPU. The mode counts run in parallel
+# (one BLAS thread each); shared artifacts are cached per mode count.
+SYNTHETIC_MODES ?= 1 6
+SYNTHETIC_SEEDS ?= 0,1,2
+SYNTHETIC_GKD_SEEDS ?= 0
+comma := ,
+SYNTHETIC_SEED_LIST = $(subst $(comma), ,$(SYNTHETIC_SEEDS))
+SYNTHETIC_RESULTS ?= results/synthetic
+SYNTHETIC_VARS = DATASET=synthetic PAIR=tiny_gpt2_gap PIPELINE=default TAG=_modes$* \
+	RESULTS=$(SYNTHETIC_RESULTS)/modes$* OVERRIDES="+experiment=synthetic_capacity_gap dataset.params.num_modes=$* $(OVERRIDES)"
+SYNTHETIC_METRICS := validity_rate mode_tv synthetic_sample/validity_rate synthetic_sample/modes_covered \
+	synthetic_sample/mode_entropy synthetic_sample/mode_tv exposure/ex_error_percent bleu
+
+.PHONY: reproduce-synthetic
+reproduce-synthetic: $(STAMP) ## synthetic Table 2+3 analogue and GKD λ grid, few/many modes (CPU, < 60 min) -> results/synthetic
+	$(MAKE) -j2 $(foreach modes,$(SYNTHETIC_MODES),synthetic-modes-$(modes))
+	$(PY) scripts/reproduce_synthetic_claims.py --results $(SYNTHETIC_RESULTS) --modes $(SYNTHETIC_MODES)
+
+# Seed by seed (Table 2 seed 0, the λ grid, then the other seeds), so that a run cut short still has
+# every method for its first seed; the last step aggregates whatever finished.
+.PHONY: synthetic-modes-%
+synthetic-modes-%: $(STAMP)
+	$(MAKE) -j1 fdistill-table2 $(SYNTHETIC_VARS) SEEDS=$(firstword $(SYNTHETIC_SEED_LIST))
+	$(MAKE) -j1 gkd-grid $(SYNTHETIC_VARS) SEEDS=$(SYNTHETIC_GKD_SEEDS) GKD_METRIC=synthetic_sample/validity_rate \
+		REPORT_FLAGS="--digits 3 --metrics $(SYNTHETIC_METRICS)"
+	$(foreach seed,$(wordlist 2,99,$(SYNTHETIC_SEED_LIST)),$(MAKE) -j1 fdistill-table2 $(SYNTHETIC_VARS) SEEDS=$(seed) &&) true
+	$(MAKE) -j1 synthetic-report-$* $(SYNTHETIC_VARS)
+
+.PHONY: synthetic-report-%
+synthetic-report-%:
+	$(call report_table,fdistill_table2,synthetic,Synthetic f-DISTILL Table 2 analogue ($* modes),\
+		$(RESULTS)/fdistill/table2_synthetic,--method-key divergence --digits 3 --metrics $(SYNTHETIC_METRICS))
+	$(call report_table,fdistill_table2,synthetic,Synthetic f-DISTILL Table 3 analogue ($* modes),\
+		$(RESULTS)/fdistill/table3_synthetic,--method-key divergence --digits 3 --metrics $(RISK_METRICS))
