@@ -127,8 +127,11 @@ class Pipeline:
             texts = [text for _, source, target in data["pairs"] for text in (source, target)]
             base_spec["data"] = self._data_spec()
             base_spec["artifact_seed"] = cfg.pipeline.artifact_seed
-            base_dir = str(prepare_tiny_pair(OmegaConf.to_container(self.raw.pair, resolve=True), texts,
-                                             Path(cfg.paths.cache_dir) / "tiny"))
+            # main process first: under torch.distributed, transformers' save_pretrained writes nothing on
+            # other ranks, so their copy (tokenizer only) must never be the one published
+            with self.accelerator.main_process_first():
+                base_dir = str(prepare_tiny_pair(OmegaConf.to_container(self.raw.pair, resolve=True), texts,
+                                                 Path(cfg.paths.cache_dir) / "tiny"))
             tokenizer_source = base_dir
         else:
             base_dir = pair.teacher.name_or_path
