@@ -7,24 +7,22 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
 from pipeline_cli import (
-    PYTHON,
-    REPO,
+    CHECKPOINT_EVERY,
+    KILL_AFTER,
+    STAGE_STEPS,
     TINY_OVERRIDES,
-    cli_env,
     path_overrides,
     read_json,
+    resume_step,
     run_cli,
     single_run_dir,
+    start_and_kill,
 )
 
 from fdistill.config import OptimConfig, TrainStageConfig
@@ -125,49 +123,11 @@ def test_a_checkpoint_left_by_a_crash_between_swap_and_cleanup_does_not_block_th
 
 # ---------------------------------------------------------------------------------------------- end to end
 
-STAGE_STEPS, CHECKPOINT_EVERY, KILL_AFTER = 40, 5, 10
-
 
 def _cache_snapshot(cache_dir: Path) -> dict[str, tuple[int, int]]:
     """(mtime, size) of every cached file; lock files are touched by every lookup and left out."""
     return {str(path.relative_to(cache_dir)): (path.stat().st_mtime_ns, path.stat().st_size)
             for path in cache_dir.rglob("*") if path.is_file() and path.suffix != ".lock"}
-
-
-def _checkpoint_step(root: Path, work_dir_pattern: str) -> int:
-    """Step of the checkpoint in the stage work dir matching `root`/`work_dir_pattern` (0: none yet)."""
-    for state in root.glob(f"{work_dir_pattern}/{CHECKPOINT}/{STATE_FILE}"):
-        try:
-            return json.loads(state.read_text())["step"]
-        except (OSError, ValueError):  # swapped away between glob and read
-            return 0
-    return 0
-
-
-def _start_and_kill(args: list[str], root: Path, work_dir_pattern: str, log: Path, timeout: float = 600) -> None:
-    """Start run.py, wait until the stage checkpoint reaches KILL_AFTER steps, SIGKILL its process group."""
-    with log.open("w") as output:
-        process = subprocess.Popen([str(PYTHON), "run.py", *args], cwd=REPO, env=cli_env(), start_new_session=True,
-                                   stdout=output, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        try:
-            while _checkpoint_step(root, work_dir_pattern) < KILL_AFTER:
-                assert process.poll() is None, f"run.py exited before the kill:\n{log.read_text()[-4000:]}"
-                assert time.monotonic() < deadline, "no checkpoint within the timeout"
-                time.sleep(0.05)
-            os.killpg(process.pid, signal.SIGKILL)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert KILL_AFTER <= _checkpoint_step(root, work_dir_pattern) < STAGE_STEPS, "the stage finished before the kill"
-
-
-def _resume_step(output: str, stage: str) -> int:
-    marker = f"[{stage}] resuming from step "
-    assert marker in output, f"the re-run did not resume {stage}:\n{output[-3000:]}"
-    return int(output.split(marker, 1)[1].split("/", 1)[0])
 
 
 @pytest.mark.slow
@@ -177,7 +137,7 @@ def test_sigkilled_run_resumes_without_redoing_stages_and_matches_an_uninterrupt
               f"pipeline.distill.checkpoint_every={CHECKPOINT_EVERY}", "divergence=tvd"]  # teacher + student samples
     killed_args = [*config, *path_overrides(tmp_path / "killed", cache_dir)]
 
-    _start_and_kill(killed_args, tmp_path / "killed", "runs/*/*/distill", tmp_path / "killed.log")
+    start_and_kill(killed_args, tmp_path / "killed", "runs/*/*/distill", tmp_path / "killed.log")
     run_dir = single_run_dir(tmp_path / "killed")
     assert not (run_dir / "metrics.json").exists()
     cached_before = _cache_snapshot(cache_dir)
@@ -187,7 +147,7 @@ def test_sigkilled_run_resumes_without_redoing_stages_and_matches_an_uninterrupt
     resumed = run_cli(killed_args)  # the same command
     output = resumed.stdout + resumed.stderr
     assert f"/{STAGE_STEPS} ({run_dir / 'distill' / CHECKPOINT})" in output
-    assert _resume_step(output, "distill") >= KILL_AFTER
+    assert resume_step(output, "distill") >= KILL_AFTER
     for stage_progress in ("teacher_sft:", "predistill:", "teacher sampling:"):
         assert stage_progress not in output, f"the resumed run redid a finished stage ({stage_progress})"
     assert _cache_snapshot(cache_dir) == cached_before, "the resumed run rewrote a cached artifact"
@@ -210,11 +170,11 @@ def test_run_killed_during_teacher_fine_tuning_resumes_the_cached_build(tmp_path
     args = [*TINY_OVERRIDES, f"pipeline.teacher_sft.max_steps={STAGE_STEPS}",
             f"pipeline.teacher_sft.checkpoint_every={CHECKPOINT_EVERY}", "pipeline.distill.max_steps=2",
             "divergence=kl", "pipeline.evaluate.analyses=[]", *path_overrides(tmp_path / "out", cache_dir)]
-    _start_and_kill(args, cache_dir, "teacher/*.partial", tmp_path / "killed.log")
+    start_and_kill(args, cache_dir, "teacher/*.partial", tmp_path / "killed.log")
     assert not list(cache_dir.glob("teacher/*/artifact.json"))
 
     resumed = run_cli(args)
-    assert _resume_step(resumed.stdout + resumed.stderr, "teacher_sft") >= KILL_AFTER
+    assert resume_step(resumed.stdout + resumed.stderr, "teacher_sft") >= KILL_AFTER
     (teacher,) = cache_dir.glob("teacher/*/artifact.json")
     assert not list(cache_dir.glob("teacher/*.partial"))
     with (teacher.parent / "log.csv").open() as handle:  # every step logged once across the two processes
