@@ -253,7 +253,6 @@ class PipelineConfig:
     mixed_precision: str = "no"
     cpu: bool = False
     teacher_sft: TrainStageConfig = field(default_factory=lambda: TrainStageConfig(max_steps=500))
-    student_init: dict[str, Any] = field(default_factory=lambda: {"enabled": True})
     predistill: PredistillConfig = field(default_factory=lambda: PredistillConfig(max_steps=300))
     teacher_sampling: TeacherSamplingConfig = field(default_factory=TeacherSamplingConfig)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(max_steps=200))

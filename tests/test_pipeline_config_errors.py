@@ -29,8 +29,8 @@ def nothing_loads(monkeypatch):
             raise LoadedSomething(f"{what} was called before the config error was raised")
         return loader
 
-    monkeypatch.setattr(fdistill.models, "load_teacher", forbidden("load_teacher"))
-    monkeypatch.setattr(fdistill.models, "prepare_tiny_pair", forbidden("prepare_tiny_pair"))
+    monkeypatch.setattr(fdistill.pipeline.runner, "load_teacher", forbidden("load_teacher"))
+    monkeypatch.setattr(fdistill.pipeline.runner, "prepare_tiny_pair", forbidden("prepare_tiny_pair"))
     monkeypatch.setattr(fdistill.pipeline.runner, "load_from_config", forbidden("the dataset loader"))
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from fdistill.config import OBJECTIVES_OUTSIDE_REGISTRY, FdistillConfig
 from fdistill.data import available_datasets
 from fdistill.divergences import available_divergences, get_divergence
+from fdistill.evaluation import available_metrics
+from fdistill.models import check_same_vocab, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,6 @@ def _divergence_needs(divergence, distill) -> frozenset[str]:
 
 
 def _check_metrics(metrics: list[str]) -> None:
-    from fdistill.evaluation import available_metrics
-
     unknown = sorted(set(metrics) - set(available_metrics()))
     if unknown:
         raise ConfigError(f"unknown metric(s) {unknown} in dataset.metrics; choose from {available_metrics()}")
@@ -90,8 +90,6 @@ def _check_tokenizers(cfg: FdistillConfig) -> None:
     student = cfg.pair.student
     if student.init != "from_pretrained" or cfg.pair.teacher.build is not None:
         return
-    from fdistill.models import check_same_vocab, load_tokenizer
-
     teacher_source = cfg.pair.tokenizer or cfg.pair.teacher.name_or_path
     check_same_vocab(load_tokenizer(teacher_source), load_tokenizer(student.name_or_path),
                      f"teacher {teacher_source}", f"student {student.name_or_path}")

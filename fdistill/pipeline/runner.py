@@ -22,11 +22,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from fdistill.config import FdistillConfig, validate_config
 from fdistill.data import load_from_config, training_pairs
+from fdistill.models import (
+    SeqCollator,
+    load_teacher,
+    load_tokenizer,
+    prepare_tiny_pair,
+    student_from_pair_config,
+)
 from fdistill.pipeline.cache import ArtifactCache, read_stage_marker, write_json_atomic, write_stage_marker
+from fdistill.pipeline.evaluate_stage import run_evaluation
 from fdistill.pipeline.preflight import Preflight, preflight
 from fdistill.sampling import load_teacher_samples, sample_teacher_offline
 from fdistill.training.loop import num_training_steps, parameter_digest, train
-from fdistill.training.objectives import BatchSources, DistillationObjective, MleObjective, TrainingSet
+from fdistill.training.objectives import (
+    BatchSources,
+    DistillationObjective,
+    MleObjective,
+    TrainingSet,
+    encode_pairs,
+)
+from fdistill.training.predistill import PredistillObjective
 
 log = logging.getLogger("fdistill")
 
@@ -105,8 +120,6 @@ class Pipeline:
         return metrics
 
     def load_data(self) -> dict:
-        from fdistill.models import SeqCollator
-
         ds = self.cfg.dataset
         train_examples = load_from_config(OmegaConf.to_container(self.raw.dataset, resolve=True), "train")
         eval_examples = load_from_config(OmegaConf.to_container(self.raw.dataset, resolve=True),
@@ -118,8 +131,6 @@ class Pipeline:
 
     def stage_teacher(self, data: dict):
         """teacher_sft: MLE fine-tuning of the teacher on the training pairs (or the given fine-tuned one)."""
-        from fdistill.models import load_teacher, load_tokenizer, prepare_tiny_pair
-
         cfg, pair = self.cfg, self.cfg.pair
         base_spec: dict = {"pair": asdict(pair.teacher), "tokenizer": pair.tokenizer, "architecture": pair.architecture}
         if pair.teacher.build is not None:
@@ -162,8 +173,6 @@ class Pipeline:
 
     def stage_student_init(self, teacher_dir: str, tokenizer) -> str:
         """student_init: layer copy from the teacher (Shleifer & Rush 2020), or from config/pretrained."""
-        from fdistill.models import load_teacher, student_from_pair_config
-
         student_cfg = self.cfg.pair.student
         spec = {"teacher": teacher_dir, "student": asdict(student_cfg)}
 
@@ -178,9 +187,6 @@ class Pipeline:
 
     def stage_predistill(self, student_dir: str, teacher_dir: str, tokenizer, data: dict) -> str:
         """predistill: w_mle·MLE + w_kl·word-level KL + w_hidden·hidden-state MSE (Shleifer & Rush 2020)."""
-        from fdistill.models import load_teacher
-        from fdistill.training.predistill import PredistillObjective
-
         cfg = self.cfg.pipeline.predistill
         if not cfg.enabled:
             write_stage_marker(self.run_dir, "predistill", {"skipped": True})
@@ -205,8 +211,6 @@ class Pipeline:
 
     def stage_teacher_sampling(self, teacher_dir: str, tokenizer, data: dict) -> Path | None:
         """teacher_sampling: n offline samples per training input, generated once (f-DISTILL Sec. 2.3)."""
-        from fdistill.models import load_teacher
-
         cfg = self.cfg.pipeline.teacher_sampling
         needs_offline = "teacher" in self.checked.needs and self.cfg.pipeline.distill.teacher_sampling == "offline"
         if not (cfg.enabled and needs_offline and self.cfg.pipeline.distill.enabled):
@@ -234,8 +238,6 @@ class Pipeline:
     def stage_distill(self, student_dir: str, teacher_dir: str, samples_dir: Path | None, tokenizer,
                       data: dict) -> str:
         """distill: the configured divergence in the f-DISTILL or GKD regime, resumable in the run dir."""
-        from fdistill.models import load_teacher
-
         cfg = self.cfg.pipeline.distill
         out_dir = self.run_dir / "student"
         marker = read_stage_marker(self.run_dir, "distill")
@@ -275,8 +277,6 @@ class Pipeline:
                            "on_policy_micro_steps": objective.on_policy_micro_steps})
 
     def stage_evaluate(self, student_dir: str, teacher_dir: str, tokenizer, data: dict) -> dict:
-        from fdistill.pipeline.evaluate_stage import run_evaluation
-
         cfg = self.cfg.pipeline.evaluate
         metrics_path = self.run_dir / "metrics.json"
         if not cfg.enabled:
@@ -295,8 +295,6 @@ class Pipeline:
     # ------------------------------------------------------------------ data
     def _training_set(self, tokenizer, data: dict) -> TrainingSet:
         if "training_set" not in data:
-            from fdistill.training.objectives import encode_pairs
-
             data["training_set"] = encode_pairs(data["collator_factory"](tokenizer), data["pairs"],
                                                 data["train_examples"])
         return data["training_set"]
