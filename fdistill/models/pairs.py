@@ -68,6 +68,9 @@ def prepare_tiny_pair(pair_cfg: Mapping[str, Any] | DictConfig, texts: Iterable[
             torch.manual_seed(TINY_INIT_SEED)
             teacher = auto_model_class(pair["architecture"]).from_config(config)
         teacher.save_pretrained(staging)
+        if not (staging / "config.json").is_file() or not any(staging.glob("*.safetensors")):
+            # e.g. transformers skips the write on non-zero ranks of a distributed job: never publish that
+            raise RuntimeError(f"saving the tiny teacher into {staging} wrote no config/weights; nothing published")
     return target
 
 
