@@ -9,25 +9,15 @@ metadata holds decoding settings, metric signatures, encoder names and value sca
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fdistill.files import atomic_write_text
+
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
 PREDICTION_FIELDS = ("id", "source", "prediction", "references")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False, encoding="utf-8") as handle:
-        handle.write(text)
-        temp_path = handle.name
-    os.replace(temp_path, path)
 
 
 def write_predictions(run_dir: str | Path, records: Iterable[dict[str, Any]]) -> Path:

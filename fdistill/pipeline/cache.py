@@ -22,6 +22,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from fdistill.files import write_json_atomic
+
 MANIFEST = "artifact.json"
 
 
@@ -29,14 +31,6 @@ def config_hash(spec: Any, length: int = 16) -> str:
     """Stable hash of a JSON-serialisable spec (key order does not matter)."""
     blob = json.dumps(spec, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON via a temp file in the same directory and os.replace (never a torn file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fdistill.config import FdistillConfig, validate_config
 from fdistill.data import load_from_config, training_pairs
+from fdistill.files import write_json_atomic
 from fdistill.models import (
     SeqCollator,
     load_teacher,
@@ -29,7 +30,7 @@ from fdistill.models import (
     prepare_tiny_pair,
     student_from_pair_config,
 )
-from fdistill.pipeline.cache import ArtifactCache, read_stage_marker, write_json_atomic, write_stage_marker
+from fdistill.pipeline.cache import ArtifactCache, read_stage_marker, write_stage_marker
 from fdistill.pipeline.evaluate_stage import run_evaluation
 from fdistill.pipeline.preflight import Preflight, preflight
 from fdistill.sampling import load_teacher_samples, sample_teacher_offline

@@ -1,4 +1,4 @@
-"""Atomic file writes for tables and figures (temp file in the target folder + os.replace)."""
+"""Atomic writes for tables and figures (temp file in the target folder + os.replace)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,11 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from fdistill.files import atomic_write_text
+
+__all__ = ["atomic_write_text", "save_figure"]
+
 FIGURE_FORMATS = ("png", "pdf")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` so readers never see a half-written file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def save_figure(figure, out_stem: str | os.PathLike, formats: Iterable[str] = FIGURE_FORMATS) -> list[Path]:
