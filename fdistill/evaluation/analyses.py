@@ -47,18 +47,14 @@ def _logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
 
 
 def draw_samples(model: torch.nn.Module, collator, source_ids: Sequence[TokenIds], *, num_samples: int,
-                   max_new_tokens: int, temperature: float = 1.0, batch_size: int = 16) -> list[list[list[int]]]:
+                 max_new_tokens: int, temperature: float = 1.0, batch_size: int = 16) -> list[list[list[int]]]:
     """``num_samples`` ancestral samples per input → ``[input][sample] -> token ids``."""
-    from fdistill.models import generate_targets
+    from fdistill.config import DecodingConfig
+    from fdistill.sampling import sample_targets
 
-    samples: list[list[list[int]]] = []
-    with _eval_mode(model):
-        for chunk in _batches(len(source_ids), batch_size):
-            prompts = collator.prompts(list(source_ids[chunk]))
-            generated = generate_targets(model, prompts, tokenizer=collator.tokenizer, max_new_tokens=max_new_tokens,
-                                         do_sample=True, temperature=temperature, num_return_sequences=num_samples)
-            samples.extend(generated[i:i + num_samples] for i in range(0, len(generated), num_samples))
-    return samples
+    decoding = DecodingConfig(strategy="sample", temperature=temperature, max_new_tokens=max_new_tokens)
+    flat = sample_targets(model, collator, source_ids, decoding, num_samples, batch_size=batch_size)
+    return [flat[i:i + num_samples] for i in range(0, len(flat), num_samples)]
 
 
 def sequence_nll(model: torch.nn.Module, collator, source_ids: Sequence[TokenIds],

@@ -88,8 +88,10 @@ def _analyses(pipe, teacher, student, collator, tokenizer, examples, source_ids,
     from fdistill.config import DecodingConfig
 
     unit_temperature = DecodingConfig(strategy="sample", temperature=1.0, max_new_tokens=eval_cfg.decoding.max_new_tokens)
-    student_samples = sample_targets(student, collator, ids, unit_temperature, seed=pipe.cfg.seed + 17)
-    teacher_samples = sample_targets(teacher, collator, ids, unit_temperature, seed=pipe.cfg.seed + 29)
+    student_samples = sample_targets(student, collator, ids, unit_temperature, seed=pipe.cfg.seed + 17,
+                                     batch_size=eval_cfg.batch_size)
+    teacher_samples = sample_targets(teacher, collator, ids, unit_temperature, seed=pipe.cfg.seed + 29,
+                                     batch_size=eval_cfg.batch_size)
     out: dict = {}
     if "risks" in eval_cfg.analyses:
         risks = likelihood_coverage_risk(teacher, student, collator, ids, student_samples=student_samples,

@@ -36,19 +36,22 @@ def decoding_kwargs(decoding: DecodingConfig) -> dict:
 
 @torch.no_grad()
 def sample_targets(model, collator, source_ids: Sequence[Sequence[int]], decoding: DecodingConfig,
-                   num_samples: int = 1, seed: int | None = None) -> list[list[int]]:
-    """Generate `num_samples` targets per source (grouped per source) with the model in eval mode.
-
-    The model's train/eval mode is restored afterwards, so this can run inside a training step.
-    """
+                   num_samples: int = 1, seed: int | None = None, batch_size: int | None = None) -> list[list[int]]:
+    """Generate `num_samples` targets per source (grouped per source) with the model in eval mode, in
+    batches of `batch_size` sources (all at once when None). The model's train/eval mode is restored
+    afterwards, so this can run inside a training step."""
     was_training = model.training
     model.eval()
     if seed is not None:
         torch.manual_seed(seed)
+    step = batch_size or max(1, len(source_ids))
+    targets: list[list[int]] = []
     try:
-        prompts = collator.prompts(list(source_ids))
-        return generate_targets(model, prompts, tokenizer=collator.tokenizer, num_return_sequences=num_samples,
-                                **decoding_kwargs(decoding))
+        for start in range(0, len(source_ids), step):
+            prompts = collator.prompts(list(source_ids[start : start + step]))
+            targets += generate_targets(model, prompts, tokenizer=collator.tokenizer, num_return_sequences=num_samples,
+                                        **decoding_kwargs(decoding))
+        return targets
     finally:
         model.train(was_training)
 
