@@ -83,6 +83,7 @@ PAIR_wmt16_en_ro := t5_wmt
 PAIR_commonsense_dialogue := dialogpt_cd
 PAIR_dolly := gpt2_dolly
 PAIR_synthetic := tiny_bart
+GKD_PAIR_xsum := t5_xsum
 PAPER_DATASET_dart := DART
 PAPER_DATASET_xsum := XSum
 PAPER_DATASET_wmt16_en_ro := WMT16 EN-RO
@@ -90,13 +91,15 @@ PAPER_DATASET_commonsense_dialogue := Commonsense Dialogue
 PAPER_DATASET_dolly := Dolly
 
 dataset_or = $(or $(DATASET),$(1))
-pair_of = $(or $(PAIR),$(PAIR_$(1)),$(error no default pair for DATASET=$(1); set PAIR=<conf/pair name>))
+# $(call pair_of,DATASET,TABLE): PAIR, else the table's paper pair for DATASET (GKD: T5), else PAIR_<dataset>
+pair_of = $(or $(PAIR),$(if $(filter gkd%,$(2)),$(GKD_PAIR_$(1))),$(PAIR_$(1)),\
+	$(error no default pair for DATASET=$(1); set PAIR=<conf/pair name>))
 # $(call sweep_name,TABLE,DATASET): the multirun folder name under $(OUTPUTS)/multirun
-sweep_name = $(1)_$(2)_$(call pair_of,$(2))$(TAG)
+sweep_name = $(1)_$(2)_$(call pair_of,$(2),$(1))$(TAG)
 sweep_dir = $(abspath $(OUTPUTS))/multirun/$(call sweep_name,$(1),$(2))
 # $(call multirun,SWEEP_CONFIG,TABLE,DATASET,DEFAULT_PIPELINE[,MORE OVERRIDES])
 multirun = $(PY) run.py -m +sweep=$(1) sweep_name=$(call sweep_name,$(2),$(3)) dataset=$(3) \
-	pair=$(call pair_of,$(3)) pipeline=$(or $(PIPELINE),$(4)) seed=$(SEEDS) \
+	pair=$(call pair_of,$(3),$(2)) pipeline=$(or $(PIPELINE),$(4)) seed=$(SEEDS) \
 	paths.output_dir=$(abspath $(OUTPUTS)) $(5) $(OVERRIDES)
 # $(call report,TABLE,DATASET,TITLE,OUT,MORE FLAGS)
 report_table = $(PY) -m fdistill.reporting --multirun-dir $(call sweep_dir,$(1),$(2)) --table "$(3)" --out $(4) $(5) \
@@ -171,26 +174,35 @@ SYNTHETIC_RESULTS ?= results/synthetic
 SYNTHETIC_VARS = DATASET=synthetic PAIR=tiny_gpt2_gap PIPELINE=default TAG=_modes$* \
 	RESULTS=$(SYNTHETIC_RESULTS)/modes$* OVERRIDES="+experiment=synthetic_capacity_gap dataset.params.num_modes=$* $(OVERRIDES)"
 SYNTHETIC_METRICS := validity_rate mode_tv synthetic_sample/validity_rate synthetic_sample/modes_covered \
-	synthetic_sample/mode_entropy synthetic_sample/mode_tv exposure/ex_error_percent bleu
+	synthetic_sample/mode_entropy synthetic_sample/mode_entropy_true synthetic_sample/mode_tv \
+	exposure/ex_error_percent exposure/exposure_kl_student_prefixes exposure/exposure_kl_teacher_prefixes bleu
 
 .PHONY: reproduce-synthetic
 reproduce-synthetic: $(STAMP) ## synthetic Table 2+3 analogue and GKD λ grid, few/many modes (CPU, < 60 min) -> results/synthetic
 	$(MAKE) -j2 $(foreach modes,$(SYNTHETIC_MODES),synthetic-modes-$(modes))
+	$(MAKE) synthetic-report
+
+.PHONY: synthetic-report
+synthetic-report: $(STAMP) ## re-aggregate the synthetic runs into results/synthetic (tables, figures, claims.md)
+	$(foreach modes,$(SYNTHETIC_MODES),$(MAKE) synthetic-report-$(modes) \
+		RESULTS=$(SYNTHETIC_RESULTS)/modes$(modes) TAG=_modes$(modes) PAIR=tiny_gpt2_gap &&) true
 	$(PY) scripts/reproduce_synthetic_claims.py --results $(SYNTHETIC_RESULTS) --modes $(SYNTHETIC_MODES)
 
 # Seed by seed (Table 2 seed 0, the λ grid, then the other seeds), so that a run cut short still has
-# every method for its first seed; the last step aggregates whatever finished.
+# every method for its first seed; synthetic-report aggregates whatever finished.
 .PHONY: synthetic-modes-%
 synthetic-modes-%: $(STAMP)
 	$(MAKE) -j1 fdistill-table2 $(SYNTHETIC_VARS) SEEDS=$(firstword $(SYNTHETIC_SEED_LIST))
-	$(MAKE) -j1 gkd-grid $(SYNTHETIC_VARS) SEEDS=$(SYNTHETIC_GKD_SEEDS) GKD_METRIC=synthetic_sample/validity_rate \
-		REPORT_FLAGS="--digits 3 --metrics $(SYNTHETIC_METRICS)"
+	$(MAKE) -j1 gkd-grid $(SYNTHETIC_VARS) SEEDS=$(SYNTHETIC_GKD_SEEDS) GKD_METRIC=synthetic_sample/validity_rate
 	$(foreach seed,$(wordlist 2,99,$(SYNTHETIC_SEED_LIST)),$(MAKE) -j1 fdistill-table2 $(SYNTHETIC_VARS) SEEDS=$(seed) &&) true
-	$(MAKE) -j1 synthetic-report-$* $(SYNTHETIC_VARS)
 
+# The tables of one mode count (RESULTS, TAG, PAIR as set by synthetic-report).
 .PHONY: synthetic-report-%
 synthetic-report-%:
 	$(call report_table,fdistill_table2,synthetic,Synthetic f-DISTILL Table 2 analogue ($* modes),\
 		$(RESULTS)/fdistill/table2_synthetic,--method-key divergence --digits 3 --metrics $(SYNTHETIC_METRICS))
 	$(call report_table,fdistill_table2,synthetic,Synthetic f-DISTILL Table 3 analogue ($* modes),\
 		$(RESULTS)/fdistill/table3_synthetic,--method-key divergence --digits 3 --metrics $(RISK_METRICS))
+	$(call report_table,gkd_grid,synthetic,Synthetic GKD lambda x JSD(beta) grid ($* modes),\
+		$(RESULTS)/gkd/grid_synthetic,--figure lambda-grid --series-key divergence.params.beta \
+		--figure-metric synthetic_sample/validity_rate --digits 3 --metrics $(SYNTHETIC_METRICS))
