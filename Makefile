@@ -167,7 +167,7 @@ akl-table6: $(STAMP) ## AKL Table 6 (AKL with μ ∈ {0.45, 0.5, 0.55}), DATASET
 # (one BLAS thread each); shared artifacts are cached per mode count.
 SYNTHETIC_MODES ?= 1 6
 SYNTHETIC_SEEDS ?= 0,1,2
-SYNTHETIC_GKD_SEEDS ?= 0
+SYNTHETIC_GKD_SEEDS ?= 0,1,2
 comma := ,
 SYNTHETIC_SEED_LIST = $(subst $(comma), ,$(SYNTHETIC_SEEDS))
 SYNTHETIC_RESULTS ?= results/synthetic
