@@ -105,3 +105,15 @@ def test_gkd_lambda_grid(tmp_path, artifact_cache, pair, lam, divergence):
     on_policy = [float(r["on_policy"]) for r in csv.DictReader((run_dir / "distill" / "log.csv").open())]
     if lam in (0.0, 1.0):
         assert on_policy == [lam, lam]
+
+
+def test_evaluation_only_settings_reuse_the_shared_artifacts(tmp_path, artifact_cache):
+    """Artifacts are keyed by the training pairs' content: a test-side setting retrains nothing."""
+    run_case(tmp_path / "all_refs", artifact_cache, ["pair=tiny_bart", "divergence=kl"])
+    cached = {kind: sorted(p.name for p in (artifact_cache / kind).iterdir())
+              for kind in ("teacher", "student_init", "predistill", "teacher_samples")}
+    metrics, run_dir = run_case(tmp_path / "one_ref", artifact_cache,
+                                ["pair=tiny_bart", "divergence=kl", "dataset.params.eval_references=sampled"])
+    assert {kind: sorted(p.name for p in (artifact_cache / kind).iterdir()) for kind in cached} == cached
+    first = json.loads((run_dir / "predictions.jsonl").read_text().splitlines()[0])
+    assert len(first["references"]) == 1 and "bleu" in metrics

@@ -8,6 +8,7 @@ skipped when the marker exists. Every training stage resumes from its last check
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -66,6 +67,7 @@ class Pipeline:
                                        gradient_accumulation_steps=1,
                                        kwargs_handlers=[InitProcessGroupKwargs(timeout=MAIN_ONLY_STAGE_TIMEOUT)])
         self.timings: dict[str, float] = {}
+        self.train_digest = ""
         self.wandb_run = None
 
     # ------------------------------------------------------------------ helpers
@@ -74,11 +76,11 @@ class Pipeline:
         return self.accelerator.is_main_process
 
     def _data_spec(self) -> dict:
+        """What the shared artifacts depend on in the data: the training pairs themselves (by content, so
+        evaluation-only settings such as the test size never retrain a teacher) and the truncation."""
         ds = self.cfg.dataset
-        data_dir = str(Path(ds.data_dir).resolve()) if ds.data_dir else None
-        return {"name": ds.name, "hub_id": ds.hub_id, "hub_config": ds.hub_config, "data_dir": data_dir,
-                "train_limit": ds.limit.train, "params": ds.params, "max_source_length": ds.max_source_length,
-                "max_target_length": ds.max_target_length}
+        return {"name": ds.name, "train_pairs_sha256": self.train_digest,
+                "max_source_length": ds.max_source_length, "max_target_length": ds.max_target_length}
 
     def _train_stage(self, name: str, model, loss_fn, stage_cfg, num_items: int, work_dir: Path) -> None:
         model = self.accelerator.prepare(model)
@@ -126,6 +128,7 @@ class Pipeline:
         eval_examples = load_from_config(OmegaConf.to_container(self.raw.dataset, resolve=True),
                                          self.cfg.pipeline.evaluate.split)
         pairs = training_pairs(train_examples)
+        self.train_digest = _digest_pairs(pairs)
         return {"train_examples": train_examples, "pairs": pairs, "eval_examples": eval_examples,
                 "collator_factory": lambda tok: SeqCollator(tok, self.checked.is_encoder_decoder,
                                                             ds.max_source_length, ds.max_target_length)}
@@ -314,3 +317,12 @@ class Pipeline:
         self.wandb_run = wandb.init(project=logger_cfg.wandb_project, mode=logger_cfg.wandb_mode,
                                     dir=str(self.run_dir), name=self.cfg.run_name,
                                     config=OmegaConf.to_container(self.raw, resolve=True))
+
+
+def _digest_pairs(pairs) -> str:
+    """sha256 over the (id, source, target) training pairs, streamed (XSum's are hundreds of MB)."""
+    digest = hashlib.sha256()
+    for pair in pairs:
+        digest.update(json.dumps(pair).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
