@@ -57,6 +57,11 @@ def draw_samples(model: torch.nn.Module, collator, source_ids: Sequence[TokenIds
     return [flat[i:i + num_samples] for i in range(0, len(flat), num_samples)]
 
 
+def _one_sample_each(model: torch.nn.Module, collator, source_ids: Sequence[TokenIds], **sampling) -> list[list[int]]:
+    """One temperature-`sampling["temperature"]` sample per input (for analyses given no pre-drawn samples)."""
+    return [group[0] for group in draw_samples(model, collator, source_ids, num_samples=1, **sampling)]
+
+
 def sequence_nll(model: torch.nn.Module, collator, source_ids: Sequence[TokenIds],
                  target_ids: Sequence[TokenIds], *, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """(−log model(y | x) summed per sequence [N], scored tokens per sequence [N])."""
@@ -88,14 +93,9 @@ def likelihood_coverage_risk(teacher: torch.nn.Module, student: torch.nn.Module,
     samples?). Reported per sequence (mean of summed NLL) and per token (total NLL / total tokens).
     Pre-drawn samples (one per input) can be passed instead of sampling here.
     """
-    if student_samples is None:
-        student_samples = [group[0] for group in draw_samples(
-            student, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
-            temperature=temperature, batch_size=batch_size)]
-    if teacher_samples is None:
-        teacher_samples = [group[0] for group in draw_samples(
-            teacher, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
-            temperature=temperature, batch_size=batch_size)]
+    sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "batch_size": batch_size}
+    student_samples = student_samples or _one_sample_each(student, collator, source_ids, **sampling)
+    teacher_samples = teacher_samples or _one_sample_each(teacher, collator, source_ids, **sampling)
     likelihood = _risk(*sequence_nll(teacher, collator, source_ids, student_samples, batch_size=batch_size))
     coverage = _risk(*sequence_nll(student, collator, source_ids, teacher_samples, batch_size=batch_size))
     return {
@@ -162,14 +162,9 @@ def exposure_bias_excess_error(teacher: torch.nn.Module, student: torch.nn.Modul
     sample per input when None) and D_s on prefixes the student generated itself. NaN when D_t = 0
     (student equals teacher on the teacher-forced prefixes).
     """
-    if reference_target_ids is None:
-        reference_target_ids = [group[0] for group in draw_samples(
-            teacher, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
-            temperature=temperature, batch_size=batch_size)]
-    if student_samples is None:
-        student_samples = [group[0] for group in draw_samples(
-            student, collator, source_ids, num_samples=1, max_new_tokens=max_new_tokens,
-            temperature=temperature, batch_size=batch_size)]
+    sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "batch_size": batch_size}
+    reference_target_ids = reference_target_ids or _one_sample_each(teacher, collator, source_ids, **sampling)
+    student_samples = student_samples or _one_sample_each(student, collator, source_ids, **sampling)
     teacher_forced = mean_token_kl(teacher, student, collator, source_ids, reference_target_ids, batch_size=batch_size)
     free_running = mean_token_kl(teacher, student, collator, source_ids, student_samples, batch_size=batch_size)
     return {
