@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 from tqdm.auto import tqdm
 
+from fdistill.config import DecodingConfig
 from fdistill.data.synthetic import SyntheticTask
 from fdistill.evaluation import (
     evaluate_predictions,
@@ -85,8 +86,6 @@ def _analyses(pipe, teacher, student, collator, tokenizer, examples, source_ids,
     limit = min(eval_cfg.analysis_limit, len(examples))
     sources, ids = [ex.source for ex in examples[:limit]], source_ids[:limit]
     options = {"max_new_tokens": eval_cfg.decoding.max_new_tokens, "batch_size": eval_cfg.batch_size}
-    from fdistill.config import DecodingConfig
-
     unit_temperature = DecodingConfig(strategy="sample", temperature=1.0, max_new_tokens=eval_cfg.decoding.max_new_tokens)
     student_samples = sample_targets(student, collator, ids, unit_temperature, seed=pipe.cfg.seed + 17,
                                      batch_size=eval_cfg.batch_size)

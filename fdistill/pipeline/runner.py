@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 from dataclasses import asdict
@@ -44,8 +43,6 @@ from fdistill.training.objectives import (
     encode_pairs,
 )
 from fdistill.training.predistill import PredistillObjective
-
-log = logging.getLogger("fdistill")
 
 # Teacher sampling and evaluation run on the main process while the others wait at a barrier; at paper
 # scale that takes hours, far past torch.distributed's default timeout (10 min NCCL, 30 min gloo).
