@@ -13,6 +13,7 @@ import yaml
 from fdistill.divergences import (
     AdaptiveKL,
     Divergence,
+    NonFiniteInputError,
     available_divergences,
     get_divergence,
     masked_mean,
@@ -297,17 +298,43 @@ def test_half_precision_inputs_are_computed_in_float32(name, params, dtype):
     _assert_matches(values, expected_teacher + expected_student)
 
 
-def test_masked_positions_do_not_leak_nan():
+@pytest.mark.parametrize("name", ["kl", "rkl", "js", "tvd", "akl"])
+def test_masked_positions_are_not_computed(name):
     s, t = _random_logits((2, 4, 5), 27), _random_logits((2, 4, 5), 28)
-    s[0, 3] = float("nan")  # garbage in a padded position
+    s[0, 3] = float("nan")  # garbage in a padded position: never looked at
     labels = torch.tensor([[5, 6, 7, -100], [-100, 1, 2, -100]])
     mask = labels != -100
     s.requires_grad_()
-    values = get_divergence("kl").per_token(s, t)
+    values = get_divergence(name).per_token(s, t, mask=mask)
     loss = masked_mean(values, mask)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
-    assert (s.grad[~mask] == 0).all()
+    assert (s.grad[~mask] == 0).all() and (values[~mask] == 0).all()
+    unmasked = get_divergence(name).per_token(s.detach()[mask], t[mask])
+    torch.testing.assert_close(values[mask], unmasked)
+
+
+@pytest.mark.parametrize("name", ["kl", "rkl", "js", "jsd", "tvd", "skl", "srkl", "akl", "fkl_rkl"])
+@pytest.mark.parametrize(("tensor", "bad"), [("student", float("nan")), ("teacher", float("nan")),
+                                             ("student", float("inf")), ("teacher", float("inf"))])
+def test_nan_and_positive_inf_raise_with_the_tensor_and_position(name, tensor, bad):
+    """NaN/+inf is a diverged model, never a masked entry: a loss of 0 would hide it (only -inf masks)."""
+    s, t = _random_logits((2, 3, 10), 29), _random_logits((2, 3, 10), 30)
+    (s if tensor == "student" else t)[1, 2, 7] = bad
+    kind = "NaN" if bad != bad else r"\+inf"
+    for chunk_tokens in (None, 1):  # the position is reported in the caller's shape, whatever the chunking
+        with pytest.raises(NonFiniteInputError, match=rf"{tensor} logits contain {kind} at position \(1, 2, 7\)"):
+            get_divergence(name, chunk_tokens=chunk_tokens).per_token(s.requires_grad_(), t)
+        s = s.detach()
+
+
+def test_negative_inf_stays_a_masked_entry():
+    s, t = _random_logits((2, 3, 10), 31), _random_logits((2, 3, 10), 32)
+    s[..., 4], t[..., 4] = float("-inf"), float("-inf")
+    values = get_divergence("kl").per_token(s, t)
+    expected = get_divergence("kl").per_token(torch.cat([s[..., :4], s[..., 5:]], -1),
+                                              torch.cat([t[..., :4], t[..., 5:]], -1))
+    torch.testing.assert_close(values, expected)
 
 
 # --- reductions --------------------------------------------------------------------------------------------

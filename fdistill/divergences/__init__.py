@@ -5,6 +5,7 @@ See ``docs/divergences.md`` for every divergence with its equation and paper ref
 """
 
 from fdistill.divergences import losses as _losses  # noqa: F401  (registers the divergences)
+from fdistill.divergences.chunked import NonFiniteInputError
 from fdistill.divergences.losses import AdaptiveKL, Divergence, TokenDistributions, token_distributions
 from fdistill.divergences.reductions import masked_mean, sum_per_sequence
 from fdistill.divergences.registry import available_divergences, get_divergence, register_divergence
@@ -12,6 +13,7 @@ from fdistill.divergences.registry import available_divergences, get_divergence,
 __all__ = [
     "AdaptiveKL",
     "Divergence",
+    "NonFiniteInputError",
     "TokenDistributions",
     "available_divergences",
     "get_divergence",

@@ -20,13 +20,43 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from fdistill.errors import FdistillError
 
 #: default chunk budget: rows × vocabulary elements per chunk (8 MiB per float32 temporary)
 DEFAULT_CHUNK_ELEMENTS = 2**21
 
 RowFunction = Callable[..., Tensor]
+
+
+class NonFiniteInputError(FdistillError, ValueError):
+    """NaN or +inf in a divergence input (``-inf`` is a masked vocabulary entry, never an error).
+
+    Raised inside a chunk with the chunk-local ``row``; :func:`chunked_rows` shifts it to the row of the
+    whole input and :meth:`located` turns it into a position of the caller's shape.
+    """
+
+    def __init__(self, tensor: str, kind: str, row: int, column: int | None = None, where: str = "",
+                 position: tuple[int, ...] | None = None):
+        self.tensor, self.kind, self.row, self.column, self.where = tensor, kind, row, column, where
+        self.position = position
+        at = position if position is not None else (row,) if column is None else (row, column)
+        super().__init__(
+            f"{where + ': ' if where else ''}{tensor} contain {kind} at position {tuple(at)}: the model (or its "
+            "input) has diverged. A NaN/+inf is never treated as a masked entry (only -inf is); check the "
+            "learning rate, the mixed precision setting and the last good checkpoint")
+
+    def shifted(self, offset: int) -> NonFiniteInputError:
+        return NonFiniteInputError(self.tensor, self.kind, self.row + offset, self.column, self.where)
+
+    def located(self, where: str, lead_shape: torch.Size) -> NonFiniteInputError:
+        """The same error with the position in ``lead_shape`` (+ the vocabulary index, if any)."""
+        index = tuple(int(i) for i in np.unravel_index(self.row, tuple(lead_shape))) if len(lead_shape) else ()
+        position = index + (() if self.column is None else (self.column,))
+        return NonFiniteInputError(self.tensor, self.kind, self.row, self.column, where, position)
 
 
 def default_chunk_rows(vocab_size: int, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
@@ -73,13 +103,16 @@ class ChunkedRowFunction(torch.autograd.Function):
         for start in range(0, rows, chunk_rows):
             chunk = slice(start, start + chunk_rows)
             pieces = [x[chunk] for x in inputs]
-            if any(want_grads):
-                chunk_values, chunk_grads = _chunk_gradients(row_fn, pieces, want_grads)
-                for buffer, grad in zip(grads, chunk_grads, strict=True):
-                    if buffer is not None:
-                        buffer[chunk].copy_(grad)
-            else:
-                chunk_values = row_fn(*pieces)
+            try:
+                if any(want_grads):
+                    chunk_values, chunk_grads = _chunk_gradients(row_fn, pieces, want_grads)
+                    for buffer, grad in zip(grads, chunk_grads, strict=True):
+                        if buffer is not None:
+                            buffer[chunk].copy_(grad)
+                else:
+                    chunk_values = row_fn(*pieces)
+            except NonFiniteInputError as error:
+                raise error.shifted(start) from None
             values[chunk] = chunk_values
         ctx.row_fn, ctx.chunk_rows, ctx.want_grads = row_fn, chunk_rows, want_grads
         ctx.eager_grads = grads if any(want_grads) else None

@@ -11,10 +11,12 @@ A half that is identically zero is ``None`` and is never computed. The shared ch
 (``chunked.py``) runs the math in float32 (float64 for float64 inputs) on a bounded chunk of tokens.
 
 Vocabulary entries whose logit is ``-inf`` (padded vocabulary) have probability zero. An entry that is
-``-inf`` (or non-finite) for either model is removed for both and both distributions are renormalised over
-the shared support: exact for a padded vocabulary (both ``-inf``), and it keeps every divergence finite,
-``>= 0`` and zero for equal inputs when only one model masks an entry (where e.g. KL(p||q) would be
-infinite). A position with no shared finite entry gets divergence 0 and gradient 0.
+``-inf`` for either model is removed for both and both distributions are renormalised over the shared
+support: exact for a padded vocabulary (both ``-inf``), and it keeps every divergence finite, ``>= 0`` and
+zero for equal inputs when only one model masks an entry (where e.g. KL(p||q) would be infinite). A
+position with no shared finite entry gets divergence 0 and gradient 0. NaN or ``+inf`` in either input is
+never a mask: it raises :class:`NonFiniteInputError` naming the tensor and the position (a diverged model
+must not train on a loss of 0).
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from fdistill.divergences.chunked import DEFAULT_CHUNK_ELEMENTS, chunked_rows, default_chunk_rows
+from fdistill.divergences.chunked import (
+    DEFAULT_CHUNK_ELEMENTS,
+    NonFiniteInputError,
+    chunked_rows,
+    default_chunk_rows,
+)
 from fdistill.divergences.registry import register_divergence
 
 MIXTURES = ("step", "prefix")
@@ -60,6 +67,8 @@ def token_distributions(student_logits: Tensor, teacher_logits: Tensor, temperat
     if bool(torch.isfinite(student_logits.sum()) & torch.isfinite(teacher_logits.sum())):
         log_p, log_q = torch.log_softmax(teacher_logits, dim=-1), torch.log_softmax(student_logits, dim=-1)
         return TokenDistributions(log_p, log_q, support=None)
+    for name, logits in (("student logits", student_logits), ("teacher logits", teacher_logits)):
+        reject_nan_and_positive_inf(name, logits)
     support = torch.isfinite(student_logits) & torch.isfinite(teacher_logits)
     has_support = support.any(dim=-1, keepdim=True)
 
@@ -68,6 +77,15 @@ def token_distributions(student_logits: Tensor, teacher_logits: Tensor, temperat
         return torch.log_softmax(restricted, dim=-1).masked_fill(~support, 0.0)
 
     return TokenDistributions(log_probs(teacher_logits), log_probs(student_logits), support)
+
+
+def reject_nan_and_positive_inf(name: str, values: Tensor) -> None:
+    """Raise :class:`NonFiniteInputError` at the first NaN or +inf of ``values`` ([rows, V] or [rows])."""
+    bad = torch.isnan(values) | (values == float("inf"))
+    if bool(bad.any()):
+        position = bad.nonzero()[0].tolist()
+        kind = "NaN" if bool(torch.isnan(values[tuple(position)])) else "+inf"
+        raise NonFiniteInputError(name, kind, row=position[0], column=position[1] if len(position) > 1 else None)
 
 
 def kl(weights: Tensor, log_weights: Tensor, log_other: Tensor) -> Tensor:
@@ -126,17 +144,21 @@ class Divergence:
         """(teacher_side, student_side) per row of one chunk; ``None`` for an identically zero half."""
         raise NotImplementedError
 
-    def per_token(self, student_logits: Tensor, teacher_logits: Tensor, **prefix_logprobs: Tensor) -> Tensor:
-        """Full token-level divergence D(p_t || q_t) (GKD Eq. 2), shape ``logits.shape[:-1]``, in nats."""
-        return self._evaluate("both", student_logits, teacher_logits, prefix_logprobs)
+    def per_token(self, student_logits: Tensor, teacher_logits: Tensor, *, mask: Tensor | None = None,
+                  **prefix_logprobs: Tensor) -> Tensor:
+        """Full token-level divergence D(p_t || q_t) (GKD Eq. 2), shape ``logits.shape[:-1]``, in nats.
+        ``mask`` (same shape, True = valid): other positions are not computed (value and gradient 0)."""
+        return self._evaluate("both", student_logits, teacher_logits, prefix_logprobs, mask)
 
-    def teacher_side(self, student_logits: Tensor, teacher_logits: Tensor, **prefix_logprobs: Tensor) -> Tensor:
+    def teacher_side(self, student_logits: Tensor, teacher_logits: Tensor, *, mask: Tensor | None = None,
+                     **prefix_logprobs: Tensor) -> Tensor:
         """f-DISTILL step-wise term for teacher-sampled prefixes (Wen et al. Eqs. 6-10)."""
-        return self._evaluate("teacher", student_logits, teacher_logits, prefix_logprobs)
+        return self._evaluate("teacher", student_logits, teacher_logits, prefix_logprobs, mask)
 
-    def student_side(self, student_logits: Tensor, teacher_logits: Tensor, **prefix_logprobs: Tensor) -> Tensor:
+    def student_side(self, student_logits: Tensor, teacher_logits: Tensor, *, mask: Tensor | None = None,
+                     **prefix_logprobs: Tensor) -> Tensor:
         """f-DISTILL step-wise term for student-sampled prefixes (Wen et al. Eqs. 6-10)."""
-        return self._evaluate("student", student_logits, teacher_logits, prefix_logprobs)
+        return self._evaluate("student", student_logits, teacher_logits, prefix_logprobs, mask)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "sides")
@@ -168,7 +190,8 @@ class Divergence:
             tensors.append(value.reshape(-1))
         return tensors
 
-    def _evaluate(self, part: str, student_logits: Tensor, teacher_logits: Tensor, prefix_logprobs) -> Tensor:
+    def _evaluate(self, part: str, student_logits: Tensor, teacher_logits: Tensor, prefix_logprobs,
+                  mask: Tensor | None = None) -> Tensor:
         if student_logits.shape != teacher_logits.shape or student_logits.dim() < 1:
             raise ValueError(
                 f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
@@ -186,9 +209,25 @@ class Divergence:
         rows = self.chunk_tokens or default_chunk_rows(vocab)
         row_fn = functools.partial(self._rows, part, compute_dtype)
         inputs = [student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab), *extras]
-        return chunked_rows(row_fn, inputs, rows, compute_dtype).reshape(lead_shape)
+        selected = None
+        if mask is not None:
+            if mask.shape != lead_shape:
+                raise ValueError(f"mask has shape {tuple(mask.shape)}; expected logits.shape[:-1] = {tuple(lead_shape)}")
+            selected = mask.reshape(-1).bool().nonzero().squeeze(-1)
+            inputs = [x.index_select(0, selected) for x in inputs]
+        try:
+            values = chunked_rows(row_fn, inputs, rows, compute_dtype)
+        except NonFiniteInputError as error:
+            if selected is not None:
+                error = error.shifted(int(selected[error.row]) - error.row)
+            raise error.located(f"divergence {self.name!r}", lead_shape) from None
+        if selected is not None:
+            values = values.new_zeros(lead_shape.numel()).index_put((selected,), values)
+        return values.reshape(lead_shape)
 
     def _rows(self, part: str, dtype: torch.dtype, student: Tensor, teacher: Tensor, *extras: Tensor) -> Tensor:
+        for name, values in zip(("teacher_prefix_logprob", "student_prefix_logprob"), extras, strict=False):
+            reject_nan_and_positive_inf(name, values)
         dist = token_distributions(student.to(dtype), teacher.to(dtype), self.temperature)
         teacher_term, student_term = self.halves(dist, *(x.to(dtype) for x in extras))
         chosen = {"teacher": [teacher_term], "student": [student_term], "both": [teacher_term, student_term]}[part]
