@@ -13,13 +13,15 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from fdistill.errors import ConfigError
+
 STAGES = ("teacher_sft", "student_init", "predistill", "teacher_sampling", "distill", "evaluate")
 OBJECTIVES_OUTSIDE_REGISTRY = ("nll", "engine")
 
 
 def _require(condition: bool, key: str, value: Any, expected: str) -> None:
     if not condition:
-        raise ValueError(f"config error: {key}={value!r} is invalid; expected {expected}")
+        raise ConfigError(f"config error: {key}={value!r} is invalid; expected {expected}")
 
 
 def _in_unit_interval(key: str, value: float) -> None:
@@ -148,9 +150,17 @@ class TrainStageConfig:
     grad_accum: int = 1
     checkpoint_every: int = 100
     log_every: int = 20
+    #: skip an optimizer step whose (synchronised) gradient norm or loss is non-finite instead of stopping;
+    #: the count is logged as `skipped_nonfinite`
+    skip_nonfinite_steps: bool = False
+    #: stop when a logged mean loss exceeds this factor times max(first logged loss, 1); null disables
+    loss_blowup_factor: float | None = 100.0
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def check(self, key: str) -> None:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ConfigError(f"config error: {key} sets both epochs={self.epochs} and max_steps={self.max_steps}; "
+                              f"to train by epochs set {key}.max_steps=null, to train by steps {key}.epochs=null")
         _require((self.epochs is None) != (self.max_steps is None), key,
                  f"epochs={self.epochs}, max_steps={self.max_steps}", "exactly one of epochs / max_steps set")
         if self.epochs is not None:
@@ -160,6 +170,9 @@ class TrainStageConfig:
         _require(self.batch_size > 0, f"{key}.batch_size", self.batch_size, "> 0")
         _require(self.grad_accum > 0, f"{key}.grad_accum", self.grad_accum, "> 0")
         _require(self.checkpoint_every > 0, f"{key}.checkpoint_every", self.checkpoint_every, "> 0")
+        _require(self.log_every > 0, f"{key}.log_every", self.log_every, "> 0")
+        _require(self.loss_blowup_factor is None or self.loss_blowup_factor > 1, f"{key}.loss_blowup_factor",
+                 self.loss_blowup_factor, "null or a number > 1")
 
 
 @dataclass
@@ -245,6 +258,12 @@ class EvaluateConfig:
         known = {"risks", "teacher_dist", "exposure_bias"}
         unknown = sorted(set(self.analyses) - known)
         _require(not unknown, f"{key}.analyses", unknown, f"a subset of {sorted(known)}")
+        _require(self.batch_size > 0, f"{key}.batch_size", self.batch_size, "> 0")
+        _require(self.analysis_limit > 0, f"{key}.analysis_limit", self.analysis_limit,
+                 "a positive number of test inputs (the analyses' sample size)")
+
+
+ARTIFACT_KINDS = ("teacher", "student_init", "predistill", "teacher_samples")
 
 
 @dataclass
@@ -252,6 +271,13 @@ class PipelineConfig:
     artifact_seed: int = 0
     mixed_precision: str = "no"
     cpu: bool = False
+    #: checksum every file of a cached artifact when it is used (sizes are always checked); false for
+    #: huge checkpoints whose hashing costs more than you want to pay
+    verify_artifacts: bool = True
+    #: artifact kinds to rebuild even when a verified copy exists (e.g. [teacher] after a corrupted file)
+    rebuild: list[str] = field(default_factory=list)
+    #: a run dir holding results of another config: `error`, or `archive` its contents and start fresh
+    on_run_dir_conflict: str = "error"
     teacher_sft: TrainStageConfig = field(default_factory=lambda: TrainStageConfig(max_steps=500))
     predistill: PredistillConfig = field(default_factory=lambda: PredistillConfig(max_steps=300))
     teacher_sampling: TeacherSamplingConfig = field(default_factory=TeacherSamplingConfig)
@@ -261,6 +287,10 @@ class PipelineConfig:
     def check(self, key: str) -> None:
         _require(self.mixed_precision in ("no", "fp16", "bf16"), f"{key}.mixed_precision",
                  self.mixed_precision, "no, fp16 or bf16")
+        unknown = sorted(set(self.rebuild) - set(ARTIFACT_KINDS))
+        _require(not unknown, f"{key}.rebuild", unknown, f"a list of artifact kinds among {list(ARTIFACT_KINDS)}")
+        _require(self.on_run_dir_conflict in ("error", "archive"), f"{key}.on_run_dir_conflict",
+                 self.on_run_dir_conflict, "error or archive")
 
 
 @dataclass
@@ -314,8 +344,47 @@ def _check_tree(node: Any, key: str) -> None:
             _check_tree(child, f"{key}.{item.name}" if key else item.name)
 
 
+def _unknown_keys(node: Any, schema: Any, key: str) -> list[str]:
+    """Keys of the composed config that the schema does not have (e.g. a typo added with `+`), recursively;
+    free-form fields (dicts such as `params`, `build`) accept any key."""
+    if not is_dataclass(schema) or not isinstance(node, DictConfig):
+        return []
+    names = {item.name for item in fields(schema)}
+    found = []
+    for name in node.keys():
+        path = f"{key}.{name}" if key else str(name)
+        if name not in names:
+            found.append(path)
+        else:
+            found += _unknown_keys(node._get_node(name), getattr(schema, name), path)
+    return found
+
+
+def _close_match(key: str, schema: Any) -> str | None:
+    """The schema key closest to an unknown `key` (same parent), for the error's hint."""
+    import difflib
+
+    parent, _, leaf = key.rpartition(".")
+    node = schema
+    for part in parent.split(".") if parent else []:
+        node = getattr(node, part)
+    matches = difflib.get_close_matches(leaf, [item.name for item in fields(node)], n=1)
+    return f"{parent + '.' if parent else ''}{matches[0]}" if matches else None
+
+
 def validate_config(cfg: DictConfig) -> FdistillConfig:
-    """Type- and range-check a composed config; returns the typed object (raises ValueError)."""
-    typed = OmegaConf.to_object(cfg)
+    """Type- and range-check a composed config; returns the typed object (raises ConfigError).
+
+    Keys the schema does not know are rejected (Hydra's `+key=value` adds any key, even to a typed node)."""
+    unknown = [key for key in _unknown_keys(cfg, FdistillConfig(), "") if not key.startswith("hydra")]
+    if unknown:
+        hints = [f"{key} (did you mean {match}?)" if (match := _close_match(key, FdistillConfig())) else key
+                 for key in unknown]
+        raise ConfigError(f"config error: unknown key(s) {', '.join(hints)}; no fdistill setting has that name, so it "
+                          "would be ignored. Remove it or fix its spelling (python run.py --cfg job lists every key)")
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except Exception as error:  # omegaconf's type errors: name the key and the value
+        raise ConfigError(f"config error: {error}") from None
     _check_tree(typed, "")
     return typed  # type: ignore[return-value]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -28,7 +29,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from fdistill.config import OptimConfig, TrainStageConfig
+from fdistill.divergences import NonFiniteInputError
+from fdistill.errors import TrainingDivergedError
 from fdistill.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
@@ -95,7 +100,8 @@ class LoopResult:
 LossFn = Callable[[torch.nn.Module, int], tuple[torch.Tensor, dict[str, float]]]
 
 
-def _save_checkpoint(accelerator: Accelerator, work_dir: Path, step: int, scheduler: LambdaLR) -> None:
+def _save_checkpoint(accelerator: Accelerator, work_dir: Path, step: int, scheduler: LambdaLR,
+                     extra_state: dict | None = None) -> None:
     """Atomically replace <work_dir>/checkpoint with the current state.
 
     The scheduler is stored in trainer_state.json rather than registered with the accelerator:
@@ -109,7 +115,8 @@ def _save_checkpoint(accelerator: Accelerator, work_dir: Path, step: int, schedu
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict(),
+                                                  **(extra_state or {})}))
         final, old = work_dir / CHECKPOINT, work_dir / f"{CHECKPOINT}.old"
         if final.exists():
             if old.exists():  # left by a crash after the last swap; `final` is complete, so it is not needed
@@ -121,12 +128,76 @@ def _save_checkpoint(accelerator: Accelerator, work_dir: Path, step: int, schedu
     accelerator.wait_for_everyone()
 
 
+def drop_checkpoints(work_dir: Path) -> None:
+    """Remove a finished stage's training checkpoints (model, optimizer and RNG state: ~3x the model)."""
+    for name in (CHECKPOINT, f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old"):
+        if (work_dir / name).exists():
+            shutil.rmtree(work_dir / name)
+
+
 def _completed_checkpoint(work_dir: Path) -> Path | None:
     for name in (CHECKPOINT, f"{CHECKPOINT}.old"):  # .old survives a crash between the two renames
         candidate = work_dir / name
         if (candidate / STATE_FILE).is_file():
             return candidate
     return None
+
+
+class _DivergenceGuard:
+    """Stops a stage on a non-finite loss or gradient norm, or a logged loss far above the first one.
+
+    ``reference_loss`` (the first logged window's mean) survives a resume through ``trainer_state.json``.
+    """
+
+    def __init__(self, desc: str, stage: TrainStageConfig, work_dir: Path, total_steps: int,
+                 reference_loss: float | None) -> None:
+        self.desc, self.stage, self.work_dir, self.total_steps = desc, stage, work_dir, total_steps
+        self.reference_loss = reference_loss
+        self.skipped = 0
+
+    def _last_good(self) -> str:
+        checkpoint = _completed_checkpoint(self.work_dir)
+        if checkpoint is None:
+            return "no checkpoint was written yet"
+        step = json.loads((checkpoint / STATE_FILE).read_text())["step"]
+        return f"the last good checkpoint is {checkpoint} (step {step})"
+
+    def fail(self, step: int, what: str, fix: str) -> TrainingDivergedError:
+        return TrainingDivergedError(
+            f"[{self.desc}] {what} at step {step}/{self.total_steps}; training stopped, nothing of this stage is "
+            f"published or marked complete ({self._last_good()}). {fix}")
+
+    def _fix(self) -> str:
+        return (f"Lower the learning rate (optim.lr={self.stage.optim.lr} of this stage), check "
+                "pipeline.mixed_precision, or set skip_nonfinite_steps=true on the stage to skip such steps")
+
+    def check_gradient(self, step: int, grad_norm: float, loss: float) -> bool:
+        """True when the optimizer may step; False to skip it (skip_nonfinite_steps); raises otherwise."""
+        if math.isfinite(grad_norm) and math.isfinite(loss):
+            return True
+        if self.stage.skip_nonfinite_steps:
+            self.skipped += 1
+            return False
+        raise self.fail(step, f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} "
+                              f"(loss {loss}, gradient norm {grad_norm})", self._fix())
+
+    def check_logged_loss(self, step: int, loss: float) -> None:
+        factor = self.stage.loss_blowup_factor
+        if self.reference_loss is None:
+            if math.isfinite(loss):  # a window of skipped non-finite steps is no reference
+                self.reference_loss = loss
+            return
+        if factor is not None and loss > factor * max(self.reference_loss, 1.0):
+            raise self.fail(step, f"mean loss {loss:.6g} is more than loss_blowup_factor={factor:g} times the first "
+                                  f"logged loss {self.reference_loss:.6g}: the run has diverged",
+                            self._fix().replace("skip_nonfinite_steps=true on the stage to skip such steps",
+                                                "loss_blowup_factor=null on the stage to disable this check"))
+
+    def check_final(self, model: torch.nn.Module, step: int) -> None:
+        bad = [name for name, tensor in model.state_dict().items()
+               if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if bad:
+            raise self.fail(step, f"{len(bad)} weight tensors are non-finite (e.g. {bad[:3]})", self._fix())
 
 
 def train(
@@ -143,7 +214,12 @@ def train(
     """Run `total_steps` optimizer steps of `loss_fn(model, micro_step)`, resuming from `work_dir`.
 
     `model` must already be `accelerator.prepare`d; the optimizer and scheduler are built and
-    prepared here. Logs go to ``<work_dir>/log.csv`` (and `on_log`, e.g. wandb).
+    prepared here. Logs go to ``<work_dir>/log.csv`` (and `on_log`, e.g. wandb): per logged row the
+    window means of the loss terms and of the gradient norm (before clipping), ``window_steps`` (steps
+    averaged: shorter for the first row after a resume), the learning rate and, with
+    ``skip_nonfinite_steps``, the count of skipped steps so far. A non-finite loss or gradient norm, a
+    NaN/+inf model output, a logged loss ``loss_blowup_factor`` times above the first one, or non-finite
+    final weights stop the stage with :class:`~fdistill.errors.TrainingDivergedError`.
     """
     optim: OptimConfig = stage.optim
     optimizer = build_optimizer(model, optim)
@@ -154,14 +230,17 @@ def train(
     accelerator.gradient_accumulation_steps = stage.grad_accum  # `accumulate` syncs every grad_accum micro-steps
     work_dir.mkdir(parents=True, exist_ok=True)
 
-    start = 0
+    start, reference_loss, skipped = 0, None, 0
     checkpoint = _completed_checkpoint(work_dir)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / STATE_FILE).read_text())
         scheduler.load_state_dict(state["scheduler"])
-        start = state["step"]
-        accelerator.print(f"[{desc}] resuming from step {start}/{total_steps} ({checkpoint})")
+        start, reference_loss, skipped = state["step"], state.get("reference_loss"), state.get("skipped_nonfinite", 0)
+        if accelerator.is_main_process:
+            log.info("[%s] resuming from step %d/%d (%s)", desc, start, total_steps, checkpoint)
+    guard = _DivergenceGuard(desc, stage, work_dir, total_steps, reference_loss)
+    guard.skipped = skipped
 
     log_path = work_dir / "log.csv"
     if accelerator.is_main_process:
@@ -176,30 +255,44 @@ def train(
         for micro in range(stage.grad_accum):
             micro_step = step * stage.grad_accum + micro
             with accelerator.accumulate(model), accelerator.autocast():
-                loss, logs = loss_fn(model, micro_step)
+                try:
+                    loss, logs = loss_fn(model, micro_step)
+                except NonFiniteInputError as error:
+                    raise guard.fail(step + 1, f"non-finite model output ({error})", guard._fix()) from None
                 accelerator.backward(loss)  # accelerate divides by grad_accum
                 if accelerator.sync_gradients:
-                    if optim.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
-                    optimizer.step()
+                    # the norm of the synchronised gradients: the same decision on every process
+                    grad_norm = float(accelerator.clip_grad_norm_(
+                        model.parameters(), optim.max_grad_norm if optim.max_grad_norm > 0 else float("inf")))
+                    if guard.check_gradient(step + 1, grad_norm, float(loss.detach())):
+                        optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                    running["grad_norm"] = running.get("grad_norm", 0.0) + grad_norm
             for name, value in {"loss": float(loss.detach()), **logs}.items():
                 running[name] = running.get(name, 0.0) + value / stage.grad_accum
         done = step + 1
         steps_since_log += 1
         if done % stage.log_every == 0 or done == total_steps:
-            row = {"step": done, "lr": scheduler.get_last_lr()[0],
+            row = {"step": done, "lr": scheduler.get_last_lr()[0], "window_steps": steps_since_log,
                    **{k: v / steps_since_log for k, v in running.items()}}
+            if stage.skip_nonfinite_steps:
+                row["skipped_nonfinite"] = guard.skipped
             running, steps_since_log = {}, 0
             progress.set_postfix(loss=f"{row['loss']:.4f}")
             if accelerator.is_main_process:
                 _append_csv(log_path, row)
                 if on_log is not None:
                     on_log(row)
+            guard.check_logged_loss(done, row["loss"])
         if done % stage.checkpoint_every == 0 or done == total_steps:
-            _save_checkpoint(accelerator, work_dir, done, scheduler)
+            if done == total_steps:
+                guard.check_final(accelerator.unwrap_model(model), done)
+            _save_checkpoint(accelerator, work_dir, done, scheduler,
+                             {"reference_loss": guard.reference_loss, "skipped_nonfinite": guard.skipped})
     progress.close()
+    if start >= total_steps:  # resumed after the last checkpoint: the weights were checked before it was saved
+        guard.check_final(accelerator.unwrap_model(model), total_steps)
     return LoopResult(steps=total_steps, resumed_from=start, seconds=time.perf_counter() - t0)
 
 
