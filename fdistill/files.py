@@ -9,6 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+#: inside a run dir, where `pipeline.on_run_dir_conflict=archive` moves results of another config (written by
+#: fdistill.pipeline.rundir, skipped by fdistill.reporting)
+REPLACED_DIR = ".replaced"
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically; returns the path."""

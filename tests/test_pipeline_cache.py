@@ -68,7 +68,9 @@ def test_a_partial_directory_is_resumed_and_never_returned(tmp_path):
     artifact = cache.get_or_build("teacher", SPEC, build)
     assert seen == ["step 2"]  # the builder could resume from its checkpoint
     assert artifact.path == tmp_path / "teacher" / config_hash(SPEC) and not partial.exists()
-    assert json.loads((artifact.path / MANIFEST).read_text()) == {"key": config_hash(SPEC), "spec": SPEC}
+    manifest = json.loads((artifact.path / MANIFEST).read_text())
+    assert (manifest["key"], manifest["spec"]) == (config_hash(SPEC), SPEC)
+    assert set(manifest["files"]) == {"checkpoint.txt", "payload.txt"}  # every file, with its checksum
 
 
 def test_a_failed_build_publishes_nothing(tmp_path):
@@ -93,7 +95,7 @@ def test_a_directory_without_manifest_is_rebuilt_not_returned(tmp_path):
     log = tmp_path / "builds.log"
     artifact = cache.get_or_build("teacher", SPEC, _writing_build(log))
     assert artifact.path == final and len(log.read_text().splitlines()) == 1
-    assert sorted(path.name for path in final.iterdir()) == [MANIFEST, "payload.txt", "spec.json"]
+    assert sorted(path.name for path in final.iterdir()) == [MANIFEST, "payload.txt"]
 
 
 def test_a_published_artifact_is_reused(tmp_path):

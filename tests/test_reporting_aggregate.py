@@ -126,3 +126,11 @@ def test_jobs_are_read_in_sweep_order(tmp_path):
         write_job(root, index, [f"divergence=d{index}", "seed=0"], {"bleu": float(index)})
     jobs, _ = collect_jobs(root)
     assert [job.overrides["divergence"] for job in jobs] == ["d1", "d2", "d10"]
+
+
+def test_results_a_run_replaced_are_not_collected(tmp_path):
+    root = tmp_path / "multirun"
+    write_job(root, 0, ["divergence=kl", "seed=0"], {"bleu": 1.0})
+    write_job(root / "0" / ".replaced" / "20260101T000000Z", 0, ["divergence=tvd", "seed=0"], {"bleu": 2.0})
+    jobs, _ = collect_jobs(root)
+    assert [job.overrides["divergence"] for job in jobs] == ["kl"]

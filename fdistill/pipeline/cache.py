@@ -1,30 +1,42 @@
-"""Content-addressed artifact cache shared by runs and sweeps.
+"""Content-addressed, verified artifact cache shared by runs and sweeps.
 
 An artifact (fine-tuned teacher, initialised or pre-distilled student, offline teacher samples) is
-stored under ``<cache_dir>/<kind>/<key>`` where ``key`` hashes the config that determines it. It is
-built in ``<key>.partial`` (which may hold resumable checkpoints), then published by writing
-``artifact.json`` and renaming the directory, all under a file lock: concurrent jobs of a multirun
-wait for the one building it instead of building it twice, and a partial or stale directory is never
-returned (``artifact.json`` must exist and carry the same key and spec).
+stored under ``<cache_dir>/<kind>/<key>`` where ``key`` hashes the spec that determines it: config
+values and the *keys* of the artifacts it is built from (never their paths, so a moved cache keeps its
+keys). It is built in ``<key>.partial`` (which may hold resumable checkpoints), then published by writing
+``artifact.json`` and renaming the directory, all under a file lock: concurrent jobs of a multirun wait
+for the one building it instead of building it twice, and a partial directory is never returned.
+
+``artifact.json`` records the sha256 and size of every file and the content digest of every input
+artifact. On every lookup the files are verified (sizes always; checksums unless ``verify=False``, for
+huge checkpoints) and the inputs are compared with the current ones: a corrupt artifact is an
+:class:`~fdistill.errors.ArtifactError` naming it and the fix; one built from inputs that have since been
+rebuilt with other content is stale and is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
+from fdistill.errors import ArtifactError
 from fdistill.files import write_json_atomic
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "artifact.json"
+HASH_BLOCK = 1 << 20
 
 
 def config_hash(spec: Any, length: int = 16) -> str:
@@ -33,50 +45,145 @@ def config_hash(spec: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _artifact_files(directory: Path) -> list[Path]:
+    return sorted(path for path in directory.rglob("*") if path.is_file() and path.name != MANIFEST)
+
+
+def file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {sha256, size}}`` of every file below ``directory`` (the manifest excluded)."""
+    return {path.relative_to(directory).as_posix(): {"sha256": file_sha256(path), "size": path.stat().st_size}
+            for path in _artifact_files(directory)}
+
+
+def content_digest(files: dict[str, dict[str, Any]]) -> str:
+    """One digest of an artifact's content: its file names and checksums."""
+    return config_hash({name: record["sha256"] for name, record in files.items()}, length=64)
+
+
+def checkpoint_fingerprint(name_or_path: str) -> dict[str, Any]:
+    """Identity of a model that is not a cache artifact, for the keys built from it: a hub id as given; a
+    local directory by its content (config files in full; weight files by size and the sha256 of their first
+    and last MiB, so that multi-GB checkpoints are fingerprinted in milliseconds), not by where it lives."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return {"hub_id": name_or_path}
+    entries = {}
+    for file in _artifact_files(path):
+        size = file.stat().st_size
+        digest = hashlib.sha256()
+        with file.open("rb") as handle:
+            digest.update(handle.read(HASH_BLOCK))
+            if size > 2 * HASH_BLOCK:
+                handle.seek(size - HASH_BLOCK)
+                digest.update(handle.read(HASH_BLOCK))
+        entries[file.relative_to(path).as_posix()] = [size, digest.hexdigest()]
+    return {"local_checkpoint": config_hash(entries, length=32)}
+
+
 @dataclass(frozen=True)
 class Artifact:
     kind: str
     key: str
     path: Path
     spec: dict
+    content: str  # content digest of the published files
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """What the specs of artifacts built from this one hash: kind and key, not the path."""
+        return {"artifact": f"{self.kind}/{self.key}"}
 
 
 class ArtifactCache:
-    """Build-once, lock-guarded directory cache keyed by config hashes."""
+    """Build-once, lock-guarded, verified directory cache keyed by config hashes.
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    ``verify``: checksum every file on lookup (sizes are always checked). ``rebuild``: artifact kinds
+    to rebuild even when a verified copy exists (the old copy is removed first).
+    """
+
+    def __init__(self, root: str | os.PathLike, verify: bool = True, rebuild: Iterable[str] = ()) -> None:
         self.root = Path(root)
+        self.verify = verify
+        self.rebuild = set(rebuild)
+        self._rebuilt: set[tuple[str, str]] = set()
 
     def _paths(self, kind: str, key: str) -> tuple[Path, Path, Path]:
         base = self.root / kind
         return base / key, base / f"{key}.partial", base / f"{key}.lock"
 
-    def lookup(self, kind: str, spec: dict) -> Artifact | None:
-        """The published artifact for `spec`, or None (partial or mismatching dirs are ignored)."""
+    def _fix(self, kind: str, path: Path) -> str:
+        return f"delete {path} (or re-run with pipeline.rebuild=[{kind}]) and it is rebuilt"
+
+    def _check_files(self, kind: str, final: Path, manifest: dict, checksums: bool) -> None:
+        recorded = manifest.get("files")
+        if not isinstance(recorded, dict):
+            raise ArtifactError(f"artifact {final} has no file checksums (made by an older fdistill); "
+                                f"{self._fix(kind, final)}")
+        present = {path.relative_to(final).as_posix(): path for path in _artifact_files(final)}
+        missing = sorted(set(recorded) - set(present))
+        extra = sorted(set(present) - set(recorded))
+        if missing or extra:
+            raise ArtifactError(f"artifact {final} does not hold the files it was published with (missing "
+                                f"{missing[:5]}, unexpected {extra[:5]}); {self._fix(kind, final)}")
+        for name, record in recorded.items():
+            size = present[name].stat().st_size
+            if size != record["size"]:
+                raise ArtifactError(f"artifact {final}: {name} has {size} bytes, {record['size']} when published "
+                                    f"(truncated or replaced); {self._fix(kind, final)}")
+            if checksums and file_sha256(present[name]) != record["sha256"]:
+                raise ArtifactError(f"artifact {final}: {name} does not match its checksum (corrupted since it was "
+                                    f"published); {self._fix(kind, final)}. pipeline.verify_artifacts=false skips "
+                                    "the checksums (sizes are still checked)")
+
+    def lookup(self, kind: str, spec: dict, inputs: Sequence[Artifact] = (), checksums: bool | None = None
+               ) -> Artifact | None:
+        """The published, verified artifact for `spec`, or None when there is none or it is stale (built from
+        inputs whose content has changed). A corrupt or mismatching one raises :class:`ArtifactError`.
+        `checksums` (default: the cache's `verify`) hashes every file; sizes are always compared."""
         key = config_hash(spec)
         final, _, _ = self._paths(kind, key)
-        manifest = final / MANIFEST
-        if not manifest.is_file():
+        manifest_path = final / MANIFEST
+        if not manifest_path.is_file():
             return None
-        stored = json.loads(manifest.read_text())
+        try:
+            stored = json.loads(manifest_path.read_text())
+        except ValueError:
+            raise ArtifactError(f"artifact {final}: {MANIFEST} is not valid JSON; {self._fix(kind, final)}") from None
         if stored.get("key") != key or stored.get("spec") != json.loads(json.dumps(spec, default=str)):
-            raise RuntimeError(
-                f"artifact {final} does not match its key (stale or hand-edited cache entry); delete the directory "
-                "and re-run"
-            )
-        return Artifact(kind, key, final, spec)
+            raise ArtifactError(f"artifact {final} does not match its key (stale or hand-edited cache entry); "
+                                f"{self._fix(kind, final)}")
+        self._check_files(kind, final, stored, self.verify if checksums is None else checksums)
+        expected = {f"{item.kind}/{item.key}": item.content for item in inputs}
+        if stored.get("inputs", {}) != expected:
+            log.warning("artifact %s was built from inputs whose content has changed since (rebuilt upstream "
+                        "artifacts); rebuilding it", final)
+            return None
+        return Artifact(kind, key, final, spec, stored["content"])
 
-    def get_or_build(self, kind: str, spec: dict, build: Callable[[Path], None], accelerator=None) -> Artifact:
+    def get_or_build(self, kind: str, spec: dict, build: Callable[[Path], None], accelerator=None,
+                     inputs: Sequence[Artifact] = ()) -> Artifact:
         """Return the artifact for `spec`, building it with `build(work_dir)` if needed.
 
         `build` writes into `work_dir` (``<key>.partial``), which survives a crash so the builder can
-        resume from checkpoints it left there; on success the directory is published atomically.
-        With an `accelerate.Accelerator` of several processes, only the main process takes the file
-        lock and publishes, while every process runs `build` (e.g. a DDP training stage).
+        resume from checkpoints it left there; on success the directory is published atomically with its
+        manifest. With an `accelerate.Accelerator` of several processes, only the main process takes the
+        file lock, verifies and publishes, while every process runs `build` (e.g. a DDP training stage).
         """
         key = config_hash(spec)
         final, partial, lock_path = self._paths(kind, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ArtifactError(f"cannot create the cache folder {final.parent} ({error}); set paths.cache_dir "
+                                "(or FDISTILL_CACHE) to a writable directory") from None
         # No lookup before the lock: with several processes, one could find an artifact that another
         # job publishes a moment later while the others miss it, and they would no longer meet at the
         # same barriers. Under the main process's lock every process sees the same cache state.
@@ -84,22 +191,65 @@ class ArtifactCache:
         barrier = accelerator.wait_for_everyone if accelerator is not None else (lambda: None)
         lock = FileLock(str(lock_path)) if is_main else nullcontext()
         with lock:
+            if is_main and kind in self.rebuild and (kind, key) not in self._rebuilt and final.exists():
+                log.info("pipeline.rebuild names %s: removing %s to rebuild it", kind, final)
+                shutil.rmtree(final)
             barrier()  # the main process holds the lock now: nobody else publishes this key meanwhile
-            found = self.lookup(kind, spec)
+            # every process decides alike (same files); only the main process hashes them (it alone may raise)
+            found = self.lookup(kind, spec, inputs, checksums=self.verify and is_main)
+            if found is not None and is_main:
+                log.info("[%s] using the cached artifact %s (%s)", kind, final,
+                         "checksums verified" if self.verify else "sizes verified")
             if found is None:
                 if is_main:
-                    if final.exists():  # a directory without a valid manifest: never used, rebuilt
+                    if final.exists():  # no manifest, or stale: never used, rebuilt
                         shutil.rmtree(final)
+                    self._report_orphans(final.parent, partial)
                     partial.mkdir(parents=True, exist_ok=True)
                     write_json_atomic(partial / "spec.json", {"key": key, "spec": spec})
+                    log.info("[%s] building %s", kind, final)
+                started = time.perf_counter()
                 barrier()
                 build(partial)
                 barrier()
                 if is_main:
-                    write_json_atomic(partial / MANIFEST, {"key": key, "spec": spec})
+                    (partial / "spec.json").unlink(missing_ok=True)
+                    files = file_records(partial)
+                    write_json_atomic(partial / MANIFEST, {
+                        "key": key, "kind": kind, "spec": spec, "files": files, "content": content_digest(files),
+                        "inputs": {f"{item.kind}/{item.key}": item.content for item in inputs},
+                        "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
                     os.replace(partial, final)
+                    self._rebuilt.add((kind, key))
+                    log.info("[%s] published %s (%.1f s)", kind, final, time.perf_counter() - started)
             barrier()
-        return Artifact(kind, key, final, spec)
+        manifest = json.loads((final / MANIFEST).read_text())
+        return Artifact(kind, key, final, spec, manifest["content"])
+
+    def _report_orphans(self, folder: Path, own_partial: Path) -> None:
+        """Log unfinished builds of other keys whose builder is gone (their lock is free)."""
+        orphans = [path for path in orphan_partials(folder) if path != own_partial]
+        if orphans:
+            size = sum(file.stat().st_size for path in orphans for file in path.rglob("*") if file.is_file())
+            log.info("%d unfinished build(s) of other configs in %s (%.1f MB) can resume if those configs run "
+                     "again; `python -m fdistill.pipeline.cache clean %s` removes them", len(orphans), folder,
+                     size / 1e6, self.root)
+
+
+def orphan_partials(folder: Path) -> list[Path]:
+    """``<key>.partial`` dirs below `folder` (a cache root or one kind) whose lock no live process holds."""
+    found = []
+    for partial in sorted(folder.rglob("*.partial")):
+        if not partial.is_dir():
+            continue
+        lock = FileLock(str(partial.with_suffix(".lock")))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        lock.release()
+        found.append(partial)
+    return found
 
 
 def write_stage_marker(run_dir: Path, stage: str, info: dict) -> None:
@@ -110,3 +260,25 @@ def write_stage_marker(run_dir: Path, stage: str, info: dict) -> None:
 def read_stage_marker(run_dir: Path, stage: str) -> dict | None:
     path = run_dir / "stages" / f"{stage}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fdistill.pipeline.cache clean [--dry-run] CACHE_DIR``: remove unfinished builds of dead
+    builders (their resumable checkpoints are lost)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fdistill.pipeline.cache", description=main.__doc__)
+    parser.add_argument("command", choices=["clean"])
+    parser.add_argument("cache_dir")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    for partial in orphan_partials(Path(args.cache_dir)):
+        print(("would remove " if args.dry_run else "removing ") + str(partial))
+        if not args.dry_run:
+            shutil.rmtree(partial)
+            partial.with_suffix(".lock").unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from fdistill.files import REPLACED_DIR
+
 LOGGER = logging.getLogger(__name__)
 OVERRIDES_RELPATH = Path(".hydra") / "overrides.yaml"
 METRICS_FILENAME = "metrics.json"
@@ -94,6 +96,8 @@ def collect_jobs(multirun_dir: str | Path) -> tuple[list[JobResult], list[Path]]
     jobs, missing = [], []
     for overrides_file in sorted(root.rglob(str(OVERRIDES_RELPATH)), key=natural_key):
         job_dir = overrides_file.parent.parent
+        if REPLACED_DIR in job_dir.relative_to(root).parts:  # results a run replaced (pipeline.on_run_dir_conflict)
+            continue
         entries = yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []
         metrics_file = find_metrics_file(job_dir)
         if metrics_file is None:

@@ -1,0 +1,104 @@
+"""What determines each stage's output: the specs that key the cached artifacts and bind the run-level
+stages to their run dir. Pure functions of the config and the data digests (no model is built), so a run
+dir can be checked before any work, and an artifact is keyed by the *keys* of its inputs, never their paths.
+
+| stage | spec |
+| --- | --- |
+| teacher (SFT) | base teacher identity (tiny build spec, or a checkpoint's content fingerprint), SFT settings, training data, artifact seed, mixed precision |
+| student_init | teacher identity, `pair.student` |
+| predistill | student and teacher identities, predistill settings, training data, artifact seed, mixed precision |
+| teacher_samples | teacher identity, sampling settings, training data, artifact seed |
+| distill (run dir) | student, teacher and samples identities, divergence, distill settings, seed, training data, mixed precision |
+| evaluate (run dir) | distill spec hash (or the student's identity), teacher identity, evaluate and dataset settings, evaluation data, seed |
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fdistill.config import FdistillConfig
+from fdistill.pipeline.cache import checkpoint_fingerprint, config_hash
+
+
+def artifact_identity(kind: str, spec: dict) -> dict:
+    """The identity of the artifact `spec` builds (equal to `Artifact.identity` once it exists)."""
+    return {"artifact": f"{kind}/{config_hash(spec)}"}
+
+
+class StageSpecs:
+    """The specs of one config, given the digest of its training pairs and the sample sources it needs."""
+
+    def __init__(self, cfg: FdistillConfig, needs: frozenset[str], train_digest: str) -> None:
+        self.cfg, self.needs, self.train_digest = cfg, needs, train_digest
+
+    def data(self) -> dict:
+        """What the shared artifacts depend on in the data: the training pairs themselves (by content, so
+        evaluation-only settings such as the test size never retrain a teacher) and the truncation."""
+        ds = self.cfg.dataset
+        return {"name": ds.name, "train_pairs_sha256": self.train_digest,
+                "max_source_length": ds.max_source_length, "max_target_length": ds.max_target_length}
+
+    def base_teacher_identity(self) -> dict:
+        pair = self.cfg.pair
+        if pair.teacher.build is not None:
+            return {"tiny_pair": {"pair": asdict(pair.teacher), "architecture": pair.architecture,
+                                  "data": self.data(), "artifact_seed": self.cfg.pipeline.artifact_seed}}
+        identity = {"checkpoint": checkpoint_fingerprint(pair.teacher.name_or_path), "architecture": pair.architecture}
+        if pair.tokenizer is not None:
+            identity["tokenizer"] = checkpoint_fingerprint(pair.tokenizer)
+        return identity
+
+    def sft_skipped(self) -> bool:
+        return self.cfg.pair.teacher.finetuned or not self.cfg.pipeline.teacher_sft.enabled
+
+    def teacher(self) -> dict:
+        pipe = self.cfg.pipeline
+        return {"base": self.base_teacher_identity(), "sft": asdict(pipe.teacher_sft), "data": self.data(),
+                "artifact_seed": pipe.artifact_seed, "mixed_precision": pipe.mixed_precision}
+
+    def teacher_identity(self) -> dict:
+        return self.base_teacher_identity() if self.sft_skipped() else artifact_identity("teacher", self.teacher())
+
+    def student_init(self, teacher_identity: dict) -> dict:
+        return {"teacher": teacher_identity, "student": asdict(self.cfg.pair.student)}
+
+    def predistill(self, student_identity: dict, teacher_identity: dict) -> dict:
+        pipe = self.cfg.pipeline
+        return {"student": student_identity, "teacher": teacher_identity, "predistill": asdict(pipe.predistill),
+                "data": self.data(), "artifact_seed": pipe.artifact_seed, "mixed_precision": pipe.mixed_precision}
+
+    def samples_needed(self) -> bool:
+        pipe = self.cfg.pipeline
+        return (pipe.teacher_sampling.enabled and pipe.distill.enabled and "teacher" in self.needs
+                and pipe.distill.teacher_sampling == "offline")
+
+    def teacher_samples(self, teacher_identity: dict) -> dict:
+        pipe = self.cfg.pipeline
+        return {"teacher": teacher_identity, "sampling": asdict(pipe.teacher_sampling), "data": self.data(),
+                "artifact_seed": pipe.artifact_seed}
+
+    def distill(self, student_identity: dict, teacher_identity: dict, samples_identity: dict | None) -> dict:
+        pipe = self.cfg.pipeline
+        return {"student": student_identity, "teacher": teacher_identity, "teacher_samples": samples_identity,
+                "divergence": asdict(self.cfg.divergence), "distill": asdict(pipe.distill), "seed": self.cfg.seed,
+                "data": self.data(), "mixed_precision": pipe.mixed_precision}
+
+    def evaluate(self, distill_spec: dict | None, student_identity: dict, teacher_identity: dict,
+                 eval_digest: str) -> dict:
+        return {"distill_spec_sha256": None if distill_spec is None else config_hash(distill_spec, 64),
+                "student": None if distill_spec is not None else student_identity, "teacher": teacher_identity,
+                "evaluate": asdict(self.cfg.pipeline.evaluate), "dataset": asdict(self.cfg.dataset),
+                "eval_examples_sha256": eval_digest, "seed": self.cfg.seed}
+
+    def run_level(self, eval_digest: str) -> dict[str, dict]:
+        """The specs of the run-level stages (distill, evaluate), from the config alone."""
+        teacher = self.teacher_identity()
+        student = artifact_identity("student_init", self.student_init(teacher))
+        if self.cfg.pipeline.predistill.enabled:
+            student = artifact_identity("predistill", self.predistill(student, teacher))
+        samples = artifact_identity("teacher_samples", self.teacher_samples(teacher)) if self.samples_needed() else None
+        distill = self.distill(student, teacher, samples) if self.cfg.pipeline.distill.enabled else None
+        planned = {"evaluate": self.evaluate(distill, student, teacher, eval_digest)}
+        if distill is not None:
+            planned["distill"] = distill
+        return planned
