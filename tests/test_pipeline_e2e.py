@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -77,12 +78,13 @@ def test_pipeline_runs_end_to_end(tmp_path, artifact_cache, pair, overrides):
     assert_complete_run(metrics, run_dir)
 
 
-def test_rerun_skips_finished_stages(tmp_path, artifact_cache, capsys):
+def test_rerun_skips_finished_stages(tmp_path, artifact_cache, caplog):
+    caplog.set_level(logging.INFO, logger="fdistill")
     run_case(tmp_path, artifact_cache, ["pair=tiny_bart", "divergence=kl"])
     first = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    caplog.clear()
     run_case(tmp_path, artifact_cache, ["pair=tiny_bart", "divergence=kl"])
-    out = capsys.readouterr().out
-    assert "[distill] already complete" in out and "[evaluate] already complete" in out
+    assert "[distill] already complete" in caplog.text and "[evaluate] already complete" in caplog.text
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == first
 
 

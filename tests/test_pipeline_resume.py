@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,8 @@ def _run_second_stage(accelerator: Accelerator, work_dir: Path, crash_at: int | 
     return model
 
 
-def test_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, capsys):
+def test_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="fdistill")
     reference = parameter_digest(_run_stages(tmp_path / "straight", crash_at=None))
 
     with pytest.raises(CrashAt):
@@ -86,7 +88,7 @@ def test_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, c
     # the restarted process takes the first stage from the cache: only the second stage is trained
     resumed = _run_second_stage(Accelerator(cpu=True), tmp_path / "killed", crash_at=None)
 
-    assert "[second] resuming from step 6/10" in capsys.readouterr().out
+    assert "[second] resuming from step 6/10" in caplog.text
     assert parameter_digest(resumed) == reference
     with (tmp_path / "killed" / "second" / "log.csv").open() as handle:  # step 7, logged before the crash, once
         assert [int(row["step"]) for row in csv.DictReader(handle)] == list(range(1, 11))

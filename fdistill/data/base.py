@@ -16,6 +16,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fdistill.errors import FdistillError
+
 SPLITS = ("train", "validation", "test")
 
 # The one place where split names of the releases map to ours (DART: dev, Commonsense-Dialogues:
@@ -30,7 +32,7 @@ SPLIT_ALIASES = {
 }
 
 
-class DataError(ValueError):
+class DataError(FdistillError, ValueError):
     """A dataset cannot be loaded as asked: bad name, split, parameter, schema or an empty split."""
 
 

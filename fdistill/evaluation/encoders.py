@@ -70,3 +70,42 @@ def load_encoder(name: str):
     except OSError as error:
         raise unavailable_encoder_error(name, error) from error
     return spec, tokenizer, model
+
+
+def check_encoder_available(name: str, metric: str) -> None:
+    """Raise RuntimeError (naming the metric, the encoder and the fix) unless `name` can be loaded here:
+    the packaged MiniLM, a local model directory, or a hub id that is in the local HF cache or reachable.
+    Used by the pipeline's preflight, so a missing paper encoder fails before training, not after it."""
+    spec = resolve_encoder(name)
+    if Path(spec.location).is_dir():
+        return
+    from huggingface_hub import try_to_load_from_cache
+    from transformers import AutoConfig
+
+    if isinstance(try_to_load_from_cache(spec.location, "config.json"), str):
+        return
+    offline = hub_unreachable_reason()
+    if offline is not None:  # fail in milliseconds instead of after the hub client's retries
+        raise RuntimeError(f"metric {metric!r}: {unavailable_encoder_error(name, OSError(offline))}")
+    try:
+        AutoConfig.from_pretrained(spec.location)
+    except OSError as error:
+        raise RuntimeError(f"metric {metric!r}: {unavailable_encoder_error(name, error)}") from None
+
+
+def hub_unreachable_reason() -> str | None:
+    """Why the model hub cannot be reached (offline mode set, or its host does not resolve), else None."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return "HF_HUB_OFFLINE is set and the encoder is not in the local HF cache"
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as error:
+        return f"the model hub {host} cannot be resolved ({error}) and the encoder is not in the local HF cache"
+    return None

@@ -28,6 +28,7 @@ split with nltk's ``wordpunct_tokenize``. Values are therefore close to, not equ
 from __future__ import annotations
 
 import functools
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+LOG = logging.getLogger(__name__)
 MetricValues = dict[str, Any]
 MetricMetadata = dict[str, Any]
 
@@ -193,7 +195,14 @@ def bertscore(inputs: MetricInputs) -> tuple[MetricValues, MetricMetadata]:
     from fdistill.evaluation.encoders import PAPER_BERTSCORE_ENCODER
 
     spec, scorer = _bert_scorer(inputs.bertscore_encoder or PAPER_BERTSCORE_ENCODER)
-    precision, recall, f1 = scorer.score(inputs.predictions, inputs.references)
+    # An empty prediction has no token to match: P = R = F1 = 0, as bert-score defines it (its own code path
+    # for empty strings fails with transformers 5, so those are never passed to it).
+    scored = [index for index, prediction in enumerate(inputs.predictions) if prediction.strip()]
+    precision, recall, f1 = (np.zeros(len(inputs.predictions)) for _ in range(3))
+    if scored:
+        found = scorer.score([inputs.predictions[i] for i in scored], [inputs.references[i] for i in scored])
+        for values, computed in zip((precision, recall, f1), found, strict=True):
+            values[scored] = computed.numpy()
     values = {"bertscore": float(f1.mean()), "bertscore_precision": float(precision.mean()),
               "bertscore_recall": float(recall.mean())}
     signature = get_hash(spec.name, scorer.num_layers, False, False, False, False)
@@ -327,6 +336,17 @@ SCALES = {**{key: "0-100" for key in ("bleu", "bleu1", "bleu2", "ter", "chrf", "
           "moverscore": "1-EMD, at most 1", "bleurt": "checkpoint-specific", "modes_covered": "count", "mode_entropy": "nats", "mode_entropy_true": "nats"}
 
 
+def _without_empty_references(references: list[list[str]]) -> list[list[str]]:
+    """Drop empty (or whitespace-only) references, with a warning: they are a data problem, and an empty
+    prediction scored against one would get a false perfect score (e.g. TER 0)."""
+    kept = [[ref for ref in refs if ref.strip()] for refs in references]
+    dropped = [index for index, (before, after) in enumerate(zip(references, kept, strict=True)) if len(after) < len(before)]
+    if dropped:
+        LOG.warning("%d input(s) have empty references (e.g. inputs %s); those references are ignored. Check the "
+                    "data: an empty reference makes an empty prediction look perfect", len(dropped), dropped[:5])
+    return kept
+
+
 def evaluate_predictions(predictions: Sequence[str], references: Sequence[Sequence[str]],
                          metrics: Sequence[str], *, bertscore_encoder: str | None = None,
                          moverscore_encoder: str | None = None, bleurt_checkpoint: str | None = None,
@@ -344,6 +364,7 @@ def evaluate_predictions(predictions: Sequence[str], references: Sequence[Sequen
     references = [[refs] if isinstance(refs, str) else list(refs) for refs in references]
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
+    references = _without_empty_references(references)
     empty = [index for index, refs in enumerate(references) if not refs]
     if empty and set(metrics) - {"self_bleu", "distinct_n", "synthetic_exact"}:
         raise ValueError(f"inputs {empty[:5]} have no reference; reference-based metrics need at least one")

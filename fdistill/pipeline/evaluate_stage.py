@@ -9,6 +9,7 @@ student samples (`synthetic_sample/...`: mode averaging and mode collapse show t
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 
@@ -28,9 +29,25 @@ from fdistill.evaluation import (
 from fdistill.models import load_teacher
 from fdistill.sampling import sample_targets
 
-SUMMARY_KEYS = ("bleu", "rouge2", "rougeL", "validity_rate", "modes_covered", "synthetic_sample/validity_rate",
-                "synthetic_sample/modes_covered", "synthetic_sample/mode_tv", "risk/likelihood_risk_per_token",
-                "risk/coverage_risk_per_token", "teacher_dist")
+log = logging.getLogger(__name__)
+
+# (metrics.json key, label, one-line meaning) of the console summary, most informative first
+SYNTHETIC_SUMMARY = (
+    ("synthetic_sample/validity_rate", "validity of samples (T=1)",
+     "share of temperature-1 student samples that are correct verbalisations of their input"),
+    ("synthetic_sample/modes_covered", "modes covered (T=1)",
+     "distinct verbalisation modes among those samples, of the task's K"),
+    ("synthetic_sample/mode_tv", "mode TV (T=1)", "total variation to the true mode distribution (0 = exact)"),
+)
+RISK_SUMMARY = (
+    ("risk/likelihood_risk_per_token", "R_llh per token",
+     "-log p_teacher of student samples: how implausible the student's outputs are (lower is better)"),
+    ("risk/coverage_risk_per_token", "R_cvg per token",
+     "-log q_student of teacher samples: how much of the teacher's outputs the student misses (lower is better)"),
+    ("teacher_dist", "TeacherDist", "distinct bigrams % among 5 teacher samples per input (task multimodality)"),
+)
+TEXT_METRICS_FIRST = ("bleu", "rouge1", "rouge2", "rougeL", "meteor", "ter", "chrf", "bertscore", "moverscore",
+                      "bleurt", "bleu1", "bleu2", "self_bleu")
 
 
 def _decode(tokenizer, targets: list[list[int]]) -> list[str]:
@@ -74,7 +91,8 @@ def run_evaluation(pipe, student_dir: str, teacher_dir: str, tokenizer, data: di
         "device": str(device), "mixed_precision": cfg.pipeline.mixed_precision,
     })
     write_metrics(pipe.run_dir, metrics, metadata)
-    _print_summary(pipe.run_dir, metrics)
+    for line in summary_lines(metrics, cfg, pipe.run_dir):
+        log.info("%s", line)
     return metrics
 
 
@@ -108,10 +126,34 @@ def _analyses(pipe, teacher, student, collator, tokenizer, examples, source_ids,
     return out
 
 
-def _print_summary(run_dir, metrics: dict) -> None:
-    rows = [(key, metrics[key]) for key in SUMMARY_KEYS if key in metrics]
-    width = max((len(key) for key, _ in rows), default=10)
-    print("\nfdistill results")
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
-    print(f"  run dir: {run_dir}\n")
+def _format(value) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
+        return str(int(value))
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def summary_lines(metrics: dict, cfg, run_dir) -> list[str]:
+    """The console summary: the measures that carry information first, each with its meaning; greedy
+    decoding on the synthetic task (always valid, BLEU 100 against all K references) last, as a sanity check;
+    then where the files are."""
+    rows: list[tuple[str, str, str]] = []
+    if cfg.dataset.name == "synthetic":
+        num_modes = cfg.dataset.params.get("num_modes")
+        for key, label, meaning in SYNTHETIC_SUMMARY:
+            if key in metrics:
+                value = _format(metrics[key]) + (f" of {num_modes}" if key.endswith("modes_covered") and num_modes else "")
+                rows.append((label, value, meaning))
+    else:
+        for key in [key for key in TEXT_METRICS_FIRST if key in metrics]:
+            rows.append((key, _format(metrics[key]), f"{cfg.pipeline.evaluate.decoding.strategy} decoding"))
+    rows += [(label, _format(metrics[key]), meaning) for key, label, meaning in RISK_SUMMARY if key in metrics]
+    width = max((len(label) for label, _, _ in rows), default=10)
+    lines = ["", "fdistill results"]
+    lines += [f"  {label:<{width}}  {value:<10}  {meaning}" for label, value, meaning in rows]
+    if cfg.dataset.name == "synthetic":
+        greedy = [f"{key} {_format(metrics[key])}" for key in ("validity_rate", "bleu") if key in metrics]
+        if greedy:
+            lines.append(f"  {'greedy decoding':<{width}}  {', '.join(greedy)} (sanity check: greedy decoding follows "
+                         "one mode, so any trained model is near-perfect here)")
+    lines.append(f"  files: {run_dir} (metrics.json: every metric; predictions.jsonl; run.log)")
+    return lines

@@ -1,16 +1,33 @@
-"""Checks that run before any model or dataset is loaded: a bad config fails in seconds with a message
-naming the key, the value and the fix (unknown divergence/dataset/metric, parameters out of range,
-tokenizer mismatch between teacher and a separately loaded student, a stage whose inputs are missing)."""
+"""Checks that run before any training, so a bad config fails in seconds with a message naming the key, the
+value and the fix.
+
+* :func:`preflight` (config only, before the data or any model is loaded): unknown divergence, dataset or
+  metric; parameters out of range; a stage whose inputs are disabled; output and cache locations that
+  cannot be written; the evaluation metrics' resources (encoders, WordNet), so that a missing paper
+  encoder is found before training, not hours later; the tiny pairs' position limits.
+* :func:`check_pair` (once the tokenizer exists, before the first training step): tokenizer vs the
+  models' vocabularies, position limits of real checkpoints, a separately loaded student's tokenizer.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from fdistill.config import OBJECTIVES_OUTSIDE_REGISTRY, FdistillConfig
 from fdistill.data import available_datasets
 from fdistill.divergences import available_divergences, get_divergence
+from fdistill.errors import ConfigError, StorageError
 from fdistill.evaluation import available_metrics
 from fdistill.models import check_same_vocab, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+#: free space below which a run does not start (checkpoints of even the tiny pairs need some)
+MIN_FREE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -22,11 +39,9 @@ class Preflight:
     is_encoder_decoder: bool
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run; raised before any expensive work."""
-
-
-def preflight(cfg: FdistillConfig) -> Preflight:
+def preflight(cfg: FdistillConfig, check_resources: bool = True) -> Preflight:
+    """Config-level checks; `check_resources=False` skips the filesystem and encoder checks (for
+    ``--cfg job``, which only prints)."""
     if cfg.dataset.name not in available_datasets():
         raise ConfigError(f"unknown dataset {cfg.dataset.name!r}; choose one of {available_datasets()} "
                           "(dataset=<name>, files in conf/dataset/)")
@@ -62,7 +77,12 @@ def preflight(cfg: FdistillConfig) -> Preflight:
             and cfg.pair.student.init == "from_config" and cfg.pair.student.config_overrides.get("d_model"):
         raise ConfigError("hidden-state MSE needs equal hidden sizes; set pipeline.predistill.weight_hidden=0 "
                           "for a student with another d_model")
-    _check_tokenizers(cfg)
+    if cfg.pair.teacher.build is not None:
+        _check_positions(cfg, _tiny_position_limit(cfg.pair.teacher.build), f"pair.teacher.build of {cfg.pair.name!r}")
+    if check_resources:
+        check_storage(cfg)
+        check_evaluation_resources(cfg)
+        _check_tokenizers(cfg)
     return Preflight(divergence=divergence, needs=needs, is_encoder_decoder=cfg.pair.architecture == "encoder_decoder")
 
 
@@ -85,11 +105,162 @@ def _check_metrics(metrics: list[str]) -> None:
         raise ConfigError(f"unknown metric(s) {unknown} in dataset.metrics; choose from {available_metrics()}")
 
 
+# ------------------------------------------------------------------------------------------ storage
+def _writable_directory(path: Path, what: str, key: str) -> None:
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StorageError(f"{what} {path} cannot be created: {existing} is a file, not a directory; set {key} "
+                           "to a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"{what} {path} is not writable ({existing} is read-only for this user); set {key} to "
+                           "a writable directory")
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise StorageError(f"{what} {path}: only {free / 2**20:.0f} MiB free on its disk (at least "
+                           f"{MIN_FREE_BYTES / 2**20:.0f} MiB needed for checkpoints); free space or set {key} "
+                           "to another disk")
+
+
+def check_storage(cfg: FdistillConfig) -> None:
+    """Output and cache locations must be (creatable) writable directories with free space."""
+    _writable_directory(Path(cfg.paths.output_dir), "output dir", "paths.output_dir")
+    _writable_directory(Path(cfg.paths.cache_dir), "artifact cache", "paths.cache_dir (or FDISTILL_CACHE)")
+
+
+# ---------------------------------------------------------------------------------- evaluation resources
+def check_evaluation_resources(cfg: FdistillConfig) -> None:
+    """Every resource the evaluate stage's metrics need is loadable now (not after training)."""
+    from fdistill.evaluation.encoders import (
+        PAPER_BERTSCORE_ENCODER,
+        PAPER_MOVERSCORE_ENCODER,
+        check_encoder_available,
+    )
+    from fdistill.evaluation.text_metrics import bleurt_unavailable_reason
+
+    evaluate = cfg.pipeline.evaluate
+    if not evaluate.enabled:
+        return
+    metrics = set(cfg.dataset.metrics)
+    encoders = [("bertscore", evaluate.bertscore_encoder or PAPER_BERTSCORE_ENCODER, "bertscore_encoder"),
+                ("moverscore", evaluate.moverscore_encoder or PAPER_MOVERSCORE_ENCODER, "moverscore_encoder")]
+    for metric, encoder, key in encoders:
+        if metric not in metrics:
+            continue
+        try:
+            check_encoder_available(encoder, metric)
+            if metric == "bertscore":
+                _check_bertscore_layers(encoder)
+        except (RuntimeError, ValueError) as error:
+            raise ConfigError(f"{error}\n(set pipeline.evaluate.{key}=sentence-transformers/all-MiniLM-L6-v2 "
+                              f"for the packaged offline encoder, or drop {metric!r} from dataset.metrics)") from None
+    if "meteor" in metrics:
+        from fdistill.evaluation.wordnet import ensure_wordnet
+
+        try:
+            ensure_wordnet()
+        except Exception as error:  # noqa: BLE001 - any failure to prepare WordNet is reported the same way
+            raise ConfigError(f"metric 'meteor' needs WordNet, which could not be prepared ({error}); run "
+                              "`python -m fdistill.evaluation.prepare` or drop 'meteor' from dataset.metrics") from None
+    if "bleurt" in metrics:
+        reason = bleurt_unavailable_reason(evaluate.bleurt_checkpoint)
+        if reason is not None:
+            log.warning("metric 'bleurt' will be reported as unavailable: %s", reason)
+
+
+def _check_bertscore_layers(encoder: str) -> None:
+    from bert_score.utils import model2layers
+
+    from fdistill.evaluation.encoders import resolve_encoder
+
+    spec = resolve_encoder(encoder)
+    if spec.num_layers is None and spec.location not in model2layers:
+        raise ValueError(f"bert-score has no tuned layer for encoder {encoder!r}: name one of its models "
+                         "(e.g. roberta-large) or a local model directory")
+
+
+# ------------------------------------------------------------------------------------------ positions
+def _tiny_position_limit(build: dict) -> int | None:
+    """Learned positions of a tiny `teacher.build` spec (None: relative positions, T5)."""
+    return build.get("max_position_embeddings")
+
+
+def model_position_limit(config) -> int | None:
+    """Positions a checkpoint's config allows (None: relative or unknown)."""
+    if config.model_type == "t5":
+        return None
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _check_positions(cfg: FdistillConfig, limit: int | None, model: str) -> None:
+    """Sources, targets and generated lengths must fit the model's learned positions."""
+    if limit is None:
+        return
+    ds, pipe = cfg.dataset, cfg.pipeline
+    new_tokens = max(pipe.teacher_sampling.decoding.max_new_tokens, pipe.distill.student_sampling.max_new_tokens,
+                     pipe.evaluate.decoding.max_new_tokens)
+    if cfg.pair.architecture == "encoder_decoder":
+        needed = {"dataset.max_source_length": ds.max_source_length,
+                  "dataset.max_target_length": ds.max_target_length, "max_new_tokens of decoding": new_tokens + 1}
+        problems = {key: value for key, value in needed.items() if value > limit}
+        if problems:
+            raise ConfigError(f"{model} has {limit} positions but {problems} exceed them (an IndexError mid-run "
+                              f"otherwise); lower them to <= {limit} (e.g. dataset.max_source_length={limit}) or use "
+                              "a pair with more positions")
+        return
+    total = ds.max_source_length + max(ds.max_target_length, new_tokens)
+    if total > limit:
+        raise ConfigError(f"{model} has {limit} positions but prompt + target can take {total} "
+                          f"(dataset.max_source_length={ds.max_source_length} + max(dataset.max_target_length="
+                          f"{ds.max_target_length}, max_new_tokens={new_tokens})); lower them so that the sum is "
+                          f"<= {limit}")
+
+
+# ------------------------------------------------------------------------------------- tokenizers
 def _check_tokenizers(cfg: FdistillConfig) -> None:
     """A student loaded from its own checkpoint must share the teacher's vocabulary (checked up front)."""
     student = cfg.pair.student
     if student.init != "from_pretrained" or cfg.pair.teacher.build is not None:
-        return
+        return  # a tiny teacher's tokenizer is built from the data: check_pair compares it
     teacher_source = cfg.pair.tokenizer or cfg.pair.teacher.name_or_path
     check_same_vocab(load_tokenizer(teacher_source), load_tokenizer(student.name_or_path),
                      f"teacher {teacher_source}", f"student {student.name_or_path}")
+
+
+def _has_tokenizer(path: str) -> bool:
+    return Path(path).is_dir() and any((Path(path) / name).is_file()
+                                       for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+
+
+def check_pair(cfg: FdistillConfig, tokenizer, teacher_dir: str) -> None:
+    """Before the first training step: the tokenizer fits the teacher's (and a pretrained student's)
+    vocabulary and the lengths fit their positions. Loads configs and tokenizers only."""
+    from transformers import AutoConfig
+
+    pair = cfg.pair
+    teacher_config = AutoConfig.from_pretrained(teacher_dir)
+    rows = teacher_config.get_text_config().vocab_size
+    if len(tokenizer) > rows:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the teacher {teacher_dir} has only {rows} "
+                          "embedding rows: ids past them would crash the model. Use the teacher's own tokenizer "
+                          "(pair.tokenizer=null or the checkpoint's id)")
+    if pair.tokenizer is not None and Path(teacher_dir) != Path(pair.tokenizer):
+        if _has_tokenizer(teacher_dir):
+            check_same_vocab(tokenizer, load_tokenizer(teacher_dir), f"pair.tokenizer {pair.tokenizer}",
+                             f"teacher {teacher_dir}")
+        elif len(tokenizer) != rows:
+            raise ConfigError(f"pair.tokenizer {pair.tokenizer} has {len(tokenizer)} tokens, the teacher {teacher_dir} "
+                              f"{rows} embedding rows and no tokenizer of its own to compare: they are probably "
+                              "not the same vocabulary (distilling over mismatched ids gives garbage); point "
+                              "pair.tokenizer at the teacher's tokenizer")
+    if pair.student.init == "from_pretrained":
+        check_same_vocab(tokenizer, load_tokenizer(pair.student.name_or_path), "teacher tokenizer",
+                         f"student {pair.student.name_or_path}")
+        student_config = AutoConfig.from_pretrained(pair.student.name_or_path)
+        _check_positions(cfg, model_position_limit(student_config), f"student {pair.student.name_or_path}")
+    _check_positions(cfg, model_position_limit(teacher_config), f"teacher {teacher_dir}")

@@ -1,18 +1,22 @@
 """The KD pipeline: teacher_sft → student_init → predistill → teacher_sampling → distill → evaluate.
 
 Shared artifacts (teacher, initialised and pre-distilled student, offline teacher samples) live in the
-artifact cache under a hash of the config that determines them, so every divergence of a sweep reuses
-them; run-level stages (distill, evaluate) write into the run dir with a completion marker and are
-skipped when the marker exists. Every training stage resumes from its last checkpoint.
+artifact cache under a hash of the spec that determines them (config values and the keys of the artifacts
+they are built from), so every divergence of a sweep reuses them; they are verified on every use
+(`cache.py`). Run-level stages (distill, evaluate) write into the run dir, bound to their spec
+(`rundir.py`): a finished stage is skipped only when its recorded spec is the one asked for. Every
+training stage resumes from its last checkpoint and stops on a non-finite loss (`training/loop.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
-from dataclasses import asdict
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from fdistill.config import FdistillConfig, validate_config
 from fdistill.data import load_from_config, training_pairs
 from fdistill.files import write_json_atomic
+from fdistill.logs import quiet_libraries
 from fdistill.models import (
     SeqCollator,
     load_teacher,
@@ -30,11 +35,13 @@ from fdistill.models import (
     prepare_tiny_pair,
     student_from_pair_config,
 )
-from fdistill.pipeline.cache import ArtifactCache, read_stage_marker, write_stage_marker
+from fdistill.pipeline.cache import Artifact, ArtifactCache
 from fdistill.pipeline.evaluate_stage import run_evaluation
-from fdistill.pipeline.preflight import Preflight, preflight
+from fdistill.pipeline.preflight import Preflight, check_pair, preflight
+from fdistill.pipeline.rundir import RunDirectory
+from fdistill.pipeline.specs import StageSpecs
 from fdistill.sampling import load_teacher_samples, sample_teacher_offline
-from fdistill.training.loop import num_training_steps, parameter_digest, train
+from fdistill.training.loop import drop_checkpoints, num_training_steps, parameter_digest, train
 from fdistill.training.objectives import (
     BatchSources,
     DistillationObjective,
@@ -44,22 +51,47 @@ from fdistill.training.objectives import (
 )
 from fdistill.training.predistill import PredistillObjective
 
+log = logging.getLogger(__name__)
+
 # Teacher sampling and evaluation run on the main process while the others wait at a barrier; at paper
 # scale that takes hours, far past torch.distributed's default timeout (10 min NCCL, 30 min gloo).
 MAIN_ONLY_STAGE_TIMEOUT = timedelta(hours=48)
 
 
-def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
-    """Validate `cfg` (fails fast, before any model is loaded), then run the enabled stages in order."""
+def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike, hydra_overrides: list[str] | None = None) -> dict:
+    """Validate `cfg` (fails fast, before any model is loaded), then run the enabled stages in order.
+
+    `hydra_overrides` (the command line's overrides) are written to ``<run_dir>/.hydra/overrides.yaml``
+    once the run dir is known to hold this config's results (reporting reads them)."""
     typed = validate_config(cfg)
     checked = preflight(typed)
-    return Pipeline(cfg, typed, checked, Path(run_dir)).execute()
+    return Pipeline(cfg, typed, checked, Path(run_dir), hydra_overrides).execute()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model directory and the identity that the specs built from it hash (never its path)."""
+
+    path: str
+    identity: dict
+    artifact: Artifact | None = None
+
+
+def _contents(*refs) -> dict[str, str]:
+    """Content digests of the cache artifacts among `refs` (ModelRef or Artifact), by kind/key."""
+    artifacts = [ref.artifact if isinstance(ref, ModelRef) else ref for ref in refs]
+    return {f"{item.kind}/{item.key}": item.content for item in artifacts if item is not None}
 
 
 class Pipeline:
-    def __init__(self, raw: DictConfig, cfg: FdistillConfig, checked: Preflight, run_dir: Path) -> None:
+    def __init__(self, raw: DictConfig, cfg: FdistillConfig, checked: Preflight, run_dir: Path,
+                 hydra_overrides: list[str] | None = None) -> None:
         self.raw, self.cfg, self.checked, self.run_dir = raw, cfg, checked, run_dir
-        self.cache = ArtifactCache(cfg.paths.cache_dir)
+        self.hydra_overrides = hydra_overrides
+        self.cache = ArtifactCache(cfg.paths.cache_dir, verify=cfg.pipeline.verify_artifacts,
+                                   rebuild=cfg.pipeline.rebuild)
+        self.rundir = RunDirectory(run_dir, cfg.pipeline.on_run_dir_conflict)
+        self.specs: StageSpecs | None = None  # set once the training data is loaded
         self.accelerator = Accelerator(cpu=cfg.pipeline.cpu, mixed_precision=cfg.pipeline.mixed_precision,
                                        gradient_accumulation_steps=1,
                                        kwargs_handlers=[InitProcessGroupKwargs(timeout=MAIN_ONLY_STAGE_TIMEOUT)])
@@ -72,12 +104,9 @@ class Pipeline:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def _data_spec(self) -> dict:
-        """What the shared artifacts depend on in the data: the training pairs themselves (by content, so
-        evaluation-only settings such as the test size never retrain a teacher) and the truncation."""
-        ds = self.cfg.dataset
-        return {"name": ds.name, "train_pairs_sha256": self.train_digest,
-                "max_source_length": ds.max_source_length, "max_target_length": ds.max_target_length}
+    def _info(self, message: str, *args) -> None:
+        if self.is_main:
+            log.info(message, *args)
 
     def _train_stage(self, name: str, model, loss_fn, stage_cfg, num_items: int, work_dir: Path) -> None:
         model = self.accelerator.prepare(model)
@@ -99,46 +128,60 @@ class Pipeline:
             tokenizer.save_pretrained(out_dir)
         self.accelerator.wait_for_everyone()
 
+    def _finish_artifact_build(self, model, tokenizer, work_dir: Path) -> None:
+        """Save the trained model and drop the stage's training checkpoints (3x the model's size) from the
+        artifact: once the model is saved, nothing resumes from them."""
+        self._save_model(model, tokenizer, work_dir / "model")
+        if self.is_main:
+            drop_checkpoints(work_dir)
+
     # ------------------------------------------------------------------ stages
     def execute(self) -> dict:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.is_main:
-            write_json_atomic(self.run_dir / "config.json", OmegaConf.to_container(self.raw, resolve=True))
-        self._start_wandb()
-        set_seed(cfg.pipeline.artifact_seed)
-        data = self.load_data()
-        tokenizer, teacher_dir = self.stage_teacher(data)
-        student_dir = self.stage_student_init(teacher_dir, tokenizer)
-        student_dir = self.stage_predistill(student_dir, teacher_dir, tokenizer, data)
-        samples_dir = self.stage_teacher_sampling(teacher_dir, tokenizer, data)
-        set_seed(cfg.seed)
-        final_dir = self.stage_distill(student_dir, teacher_dir, samples_dir, tokenizer, data)
-        metrics = self.stage_evaluate(final_dir, teacher_dir, tokenizer, data)
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
+        quiet_libraries()
+        with self.rundir.locked() if self.is_main else nullcontext():  # the main process holds the run dir
+            set_seed(cfg.pipeline.artifact_seed)
+            data = self.load_data()
+            self.specs = StageSpecs(cfg, self.checked.needs, self.train_digest)
+            planned = self.specs.run_level(data["eval_digest"])
+            if self.is_main:
+                self.rundir.check({stage: (spec, self.run_dir / stage if stage == "distill" else None)
+                                   for stage, spec in planned.items()})
+                write_json_atomic(self.run_dir / "config.json", OmegaConf.to_container(self.raw, resolve=True))
+                if self.hydra_overrides is not None:
+                    self.rundir.write_job_files(OmegaConf.to_yaml(self.raw, resolve=True), self.hydra_overrides)
+            self.accelerator.wait_for_everyone()
+            self._start_wandb()
+            tokenizer, teacher = self.stage_teacher(data)
+            student = self.stage_student_init(teacher, tokenizer)
+            student = self.stage_predistill(student, teacher, tokenizer, data)
+            samples = self.stage_teacher_sampling(teacher, tokenizer, data)
+            set_seed(cfg.seed)
+            final, distill_spec = self.stage_distill(student, teacher, samples, tokenizer, data)
+            metrics = self.stage_evaluate(final, student, teacher, distill_spec, tokenizer, data)
+            if self.wandb_run is not None:
+                self.wandb_run.finish()
         return metrics
 
     def load_data(self) -> dict:
         ds = self.cfg.dataset
-        train_examples = load_from_config(OmegaConf.to_container(self.raw.dataset, resolve=True), "train")
-        eval_examples = load_from_config(OmegaConf.to_container(self.raw.dataset, resolve=True),
-                                         self.cfg.pipeline.evaluate.split)
+        dataset_node = OmegaConf.to_container(self.raw.dataset, resolve=True)
+        train_examples = load_from_config(dataset_node, "train")
+        eval_examples = load_from_config(dataset_node, self.cfg.pipeline.evaluate.split)
         pairs = training_pairs(train_examples)
-        self.train_digest = _digest_pairs(pairs)
+        self.train_digest = _digest_rows(pairs)
+        eval_rows = [(ex.id, ex.source, list(ex.references)) for ex in eval_examples]
         return {"train_examples": train_examples, "pairs": pairs, "eval_examples": eval_examples,
+                "eval_digest": _digest_rows(eval_rows),
                 "collator_factory": lambda tok: SeqCollator(tok, self.checked.is_encoder_decoder,
                                                             ds.max_source_length, ds.max_target_length)}
 
-    def stage_teacher(self, data: dict):
+    def stage_teacher(self, data: dict) -> tuple[object, ModelRef]:
         """teacher_sft: MLE fine-tuning of the teacher on the training pairs (or the given fine-tuned one)."""
         cfg, pair = self.cfg, self.cfg.pair
-        base_spec: dict = {"pair": asdict(pair.teacher), "tokenizer": pair.tokenizer, "architecture": pair.architecture}
         if pair.teacher.build is not None:
             # tiny pair: tokenizer and random-init teacher built from the training texts (same load path after)
             texts = [text for _, source, target in data["pairs"] for text in (source, target)]
-            base_spec["data"] = self._data_spec()
-            base_spec["artifact_seed"] = cfg.pipeline.artifact_seed
             # main process first: under torch.distributed, transformers' save_pretrained writes nothing on
             # other ranks, so their copy (tokenizer only) must never be the one published
             with self.accelerator.main_process_first():
@@ -148,125 +191,135 @@ class Pipeline:
         else:
             base_dir = pair.teacher.name_or_path
             tokenizer_source = pair.tokenizer or pair.teacher.name_or_path
+        tokenizer = load_tokenizer(tokenizer_source)
+        check_pair(cfg, tokenizer, base_dir)
+        base = ModelRef(base_dir, self.specs.base_teacher_identity())
+        if self.specs.sft_skipped():
+            self._mark("teacher_sft", {"teacher": base.identity}, {}, {"skipped": True, "teacher": base_dir})
+            return tokenizer, base
         sft = cfg.pipeline.teacher_sft
-        if pair.teacher.finetuned or not sft.enabled:
-            tokenizer = load_tokenizer(tokenizer_source)
-            write_stage_marker(self.run_dir, "teacher_sft", {"skipped": True, "teacher": base_dir})
-            return tokenizer, base_dir
-
-        spec = {"base": base_spec, "sft": asdict(sft), "data": self._data_spec(),
-                "artifact_seed": cfg.pipeline.artifact_seed}
+        spec = self.specs.teacher()
 
         def build(work_dir: Path) -> None:
-            tokenizer = load_tokenizer(tokenizer_source)
             teacher = load_teacher(base_dir, pair.architecture)
             collator = data["collator_factory"](tokenizer)
             training = self._training_set(tokenizer, data)
             sources = self._sources(collator, training, sft.batch_size, cfg.pipeline.artifact_seed)
-            loss_fn = MleObjective(sources)
-            self._train_stage("teacher_sft", teacher, loss_fn, sft, len(training.pair_target_ids), work_dir)
-            self._save_model(teacher, tokenizer, work_dir / "model")
+            self._train_stage("teacher_sft", teacher, MleObjective(sources), sft, len(training.pair_target_ids),
+                              work_dir)
+            self._finish_artifact_build(teacher, tokenizer, work_dir)
 
         artifact = self.cache.get_or_build("teacher", spec, build, self.accelerator)
-        write_stage_marker(self.run_dir, "teacher_sft", {"artifact": str(artifact.path), "key": artifact.key})
+        self._mark_artifact_stage("teacher_sft", artifact)
         teacher_dir = str(artifact.path / "model")
-        return load_tokenizer(teacher_dir), teacher_dir
+        return load_tokenizer(teacher_dir), ModelRef(teacher_dir, artifact.identity, artifact)
 
-    def stage_student_init(self, teacher_dir: str, tokenizer) -> str:
+    def _mark(self, stage: str, spec: dict, inputs: dict, info: dict) -> None:
+        if self.is_main:
+            self.rundir.complete(stage, spec, inputs, info)
+
+    def _mark_artifact_stage(self, stage: str, artifact: Artifact) -> None:
+        self._mark(stage, artifact.spec, {f"{artifact.kind}/{artifact.key}": artifact.content},
+                   {"artifact": str(artifact.path), "key": artifact.key})
+
+    def stage_student_init(self, teacher: ModelRef, tokenizer) -> ModelRef:
         """student_init: layer copy from the teacher (Shleifer & Rush 2020), or from config/pretrained."""
-        student_cfg = self.cfg.pair.student
-        spec = {"teacher": teacher_dir, "student": asdict(student_cfg)}
 
         def build(work_dir: Path) -> None:
-            teacher = load_teacher(teacher_dir, self.cfg.pair.architecture)
-            student = student_from_pair_config(teacher, asdict(self.cfg.pair))
+            teacher_model = load_teacher(teacher.path, self.cfg.pair.architecture)
+            student = student_from_pair_config(teacher_model, asdict(self.cfg.pair))
             self._save_model(student, tokenizer, work_dir / "model")
 
-        artifact = self.cache.get_or_build("student_init", spec, build, self.accelerator)
-        write_stage_marker(self.run_dir, "student_init", {"artifact": str(artifact.path), "key": artifact.key})
-        return str(artifact.path / "model")
+        artifact = self.cache.get_or_build("student_init", self.specs.student_init(teacher.identity), build,
+                                           self.accelerator, inputs=_inputs(teacher))
+        self._mark_artifact_stage("student_init", artifact)
+        return ModelRef(str(artifact.path / "model"), artifact.identity, artifact)
 
-    def stage_predistill(self, student_dir: str, teacher_dir: str, tokenizer, data: dict) -> str:
+    def stage_predistill(self, student: ModelRef, teacher: ModelRef, tokenizer, data: dict) -> ModelRef:
         """predistill: w_mle·MLE + w_kl·word-level KL + w_hidden·hidden-state MSE (Shleifer & Rush 2020)."""
         cfg = self.cfg.pipeline.predistill
         if not cfg.enabled:
-            write_stage_marker(self.run_dir, "predistill", {"skipped": True})
-            return student_dir
-        spec = {"student": student_dir, "teacher": teacher_dir, "predistill": asdict(cfg), "data": self._data_spec(),
-                "artifact_seed": self.cfg.pipeline.artifact_seed}
+            self._mark("predistill", {"student": student.identity}, {}, {"skipped": True})
+            return student
 
         def build(work_dir: Path) -> None:
             device = self.accelerator.device
-            teacher = load_teacher(teacher_dir, self.cfg.pair.architecture).to(device).eval()
-            student = load_teacher(student_dir, self.cfg.pair.architecture)
+            teacher_model = load_teacher(teacher.path, self.cfg.pair.architecture).to(device).eval()
+            student_model = load_teacher(student.path, self.cfg.pair.architecture)
             collator = data["collator_factory"](tokenizer)
             training = self._training_set(tokenizer, data)
             sources = self._sources(collator, training, cfg.batch_size, self.cfg.pipeline.artifact_seed)
-            objective = PredistillObjective(cfg, teacher, sources)
-            self._train_stage("predistill", student, objective, cfg, len(training.pair_target_ids), work_dir)
-            self._save_model(student, tokenizer, work_dir / "model")
+            objective = PredistillObjective(cfg, teacher_model, sources)
+            self._train_stage("predistill", student_model, objective, cfg, len(training.pair_target_ids), work_dir)
+            self._finish_artifact_build(student_model, tokenizer, work_dir)
 
-        artifact = self.cache.get_or_build("predistill", spec, build, self.accelerator)
-        write_stage_marker(self.run_dir, "predistill", {"artifact": str(artifact.path), "key": artifact.key})
-        return str(artifact.path / "model")
+        artifact = self.cache.get_or_build("predistill", self.specs.predistill(student.identity, teacher.identity),
+                                           build, self.accelerator, inputs=_inputs(student, teacher))
+        self._mark_artifact_stage("predistill", artifact)
+        return ModelRef(str(artifact.path / "model"), artifact.identity, artifact)
 
-    def stage_teacher_sampling(self, teacher_dir: str, tokenizer, data: dict) -> Path | None:
+    def stage_teacher_sampling(self, teacher: ModelRef, tokenizer, data: dict) -> Artifact | None:
         """teacher_sampling: n offline samples per training input, generated once (f-DISTILL Sec. 2.3)."""
         cfg = self.cfg.pipeline.teacher_sampling
-        needs_offline = "teacher" in self.checked.needs and self.cfg.pipeline.distill.teacher_sampling == "offline"
-        if not (cfg.enabled and needs_offline and self.cfg.pipeline.distill.enabled):
-            write_stage_marker(self.run_dir, "teacher_sampling", {"skipped": True,
-                                                                  "reason": "the objective needs no offline samples"})
+        if not self.specs.samples_needed():
+            self._mark("teacher_sampling", {}, {}, {"skipped": True, "reason": "the objective needs no offline samples"})
             return None
-        spec = {"teacher": teacher_dir, "sampling": asdict(cfg), "data": self._data_spec(),
-                "artifact_seed": self.cfg.pipeline.artifact_seed}
 
         def build(work_dir: Path) -> None:
             if not self.is_main:
                 return
-            teacher = load_teacher(teacher_dir, self.cfg.pair.architecture).to(self.accelerator.device).eval()
+            teacher_model = load_teacher(teacher.path, self.cfg.pair.architecture).to(self.accelerator.device).eval()
             training = self._training_set(tokenizer, data)
             start = time.perf_counter()
-            sample_teacher_offline(teacher, data["collator_factory"](tokenizer), training.example_source_ids,
+            sample_teacher_offline(teacher_model, data["collator_factory"](tokenizer), training.example_source_ids,
                                    [ex.id for ex in data["train_examples"]], cfg.decoding, cfg.num_samples,
                                    cfg.batch_size, self.cfg.pipeline.artifact_seed, work_dir)
             write_json_atomic(work_dir / "timing.json", {"seconds": time.perf_counter() - start})
 
-        artifact = self.cache.get_or_build("teacher_samples", spec, build, self.accelerator)
-        write_stage_marker(self.run_dir, "teacher_sampling", {"artifact": str(artifact.path), "key": artifact.key})
-        return artifact.path
+        artifact = self.cache.get_or_build("teacher_samples", self.specs.teacher_samples(teacher.identity), build,
+                                           self.accelerator, inputs=_inputs(teacher))
+        self._mark_artifact_stage("teacher_sampling", artifact)
+        return artifact
 
-    def stage_distill(self, student_dir: str, teacher_dir: str, samples_dir: Path | None, tokenizer,
-                      data: dict) -> str:
-        """distill: the configured divergence in the f-DISTILL or GKD regime, resumable in the run dir."""
+    def stage_distill(self, student: ModelRef, teacher: ModelRef, samples: Artifact | None, tokenizer,
+                      data: dict) -> tuple[str, dict | None]:
+        """distill: the configured divergence in the f-DISTILL or GKD regime, resumable in the run dir.
+        Returns the distilled student's directory and the stage's spec (None when disabled)."""
         cfg = self.cfg.pipeline.distill
-        out_dir = self.run_dir / "student"
-        marker = read_stage_marker(self.run_dir, "distill")
         if not cfg.enabled:
-            write_stage_marker(self.run_dir, "distill", {"skipped": True})
-            return student_dir
-        if marker is not None:
-            self.accelerator.print(f"[distill] already complete in {self.run_dir}; skipping")
-            return str(out_dir)
+            self._mark("distill", {"student": student.identity}, {}, {"skipped": True})
+            return student.path, None
+        out_dir = self.run_dir / "student"
+        work_dir = self.run_dir / "distill"
+        spec = self.specs.distill(student.identity, teacher.identity, None if samples is None else samples.identity)
+        inputs = _contents(student, teacher, samples)
+        complete = self.rundir.is_complete("distill", spec, inputs, work_dir) if self.is_main else False
+        if _any_process(self.accelerator, complete):
+            self._info("[distill] already complete in %s (same config and inputs); skipping", self.run_dir)
+            return str(out_dir), spec
+        if self.is_main:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            self.rundir.begin("distill", spec, inputs, work_dir)
+        self._info("[distill] %s in the %s regime%s, into %s", self.cfg.divergence.label or self.cfg.divergence.name,
+                   cfg.regime, f" (lambda={cfg.lam})" if cfg.regime == "gkd" else "", work_dir)
         device = self.accelerator.device
-        teacher = load_teacher(teacher_dir, self.cfg.pair.architecture).to(device).eval()
-        student = load_teacher(student_dir, self.cfg.pair.architecture)
+        teacher_model = load_teacher(teacher.path, self.cfg.pair.architecture).to(device).eval()
+        student_model = load_teacher(student.path, self.cfg.pair.architecture)
         training = self._training_set(tokenizer, data)
-        samples = load_teacher_samples(samples_dir) if samples_dir is not None else None
+        teacher_samples = load_teacher_samples(samples.path) if samples is not None else None
         online = cfg.teacher_sampling == "online"
         sources = self._sources(data["collator_factory"](tokenizer), training, cfg.batch_size, self.cfg.seed,
-                                teacher=teacher, teacher_samples=samples,
+                                teacher=teacher_model, teacher_samples=teacher_samples,
                                 teacher_decoding=self.cfg.pipeline.teacher_sampling.decoding if online else None,
                                 student_decoding=cfg.student_sampling, fixed_data=cfg.fixed_data)
         objective = DistillationObjective(divergence_cfg=self.cfg.divergence, divergence=self.checked.divergence,
-                                          distill=cfg, teacher=teacher, sources=sources, seed=self.cfg.seed)
-        num_items = len(samples) if samples is not None else len(training.pair_target_ids)
-        self._train_stage("distill", student, objective, cfg, num_items, self.run_dir / "distill")
-        self._write_process_record(student, objective)
-        self._save_model(student, tokenizer, out_dir)
-        write_stage_marker(self.run_dir, "distill", {"student": str(out_dir),
-                                                     "seconds": self.timings.get("distill_seconds")})
-        return str(out_dir)
+                                          distill=cfg, teacher=teacher_model, sources=sources, seed=self.cfg.seed)
+        num_items = len(teacher_samples) if teacher_samples is not None else len(training.pair_target_ids)
+        self._train_stage("distill", student_model, objective, cfg, num_items, work_dir)
+        self._write_process_record(student_model, objective)
+        self._save_model(student_model, tokenizer, out_dir)
+        self._mark("distill", spec, inputs, {"student": str(out_dir), "seconds": self.timings.get("distill_seconds")})
+        return str(out_dir), spec
 
     def _write_process_record(self, student, objective: DistillationObjective) -> None:
         """DDP sanity artifact ``<run_dir>/distill/process_<rank>.json``: the student's parameter digest
@@ -277,19 +330,24 @@ class Pipeline:
                            "param_sha256": parameter_digest(self.accelerator.unwrap_model(student)),
                            "on_policy_micro_steps": objective.on_policy_micro_steps})
 
-    def stage_evaluate(self, student_dir: str, teacher_dir: str, tokenizer, data: dict) -> dict:
+    def stage_evaluate(self, student_dir: str, student: ModelRef, teacher: ModelRef, distill_spec: dict | None,
+                       tokenizer, data: dict) -> dict:
         cfg = self.cfg.pipeline.evaluate
         metrics_path = self.run_dir / "metrics.json"
         if not cfg.enabled:
-            write_stage_marker(self.run_dir, "evaluate", {"skipped": True})
+            self._mark("evaluate", {}, {}, {"skipped": True})
             return {}
-        if read_stage_marker(self.run_dir, "evaluate") is not None and metrics_path.is_file():
-            self.accelerator.print(f"[evaluate] already complete: {metrics_path}")
-            return json.loads(metrics_path.read_text())
+        spec = self.specs.evaluate(distill_spec, student.identity, teacher.identity, data["eval_digest"])
+        inputs = _contents(teacher) if distill_spec is not None else _contents(student, teacher)
         result: dict = {}
         if self.is_main:
-            result = run_evaluation(self, student_dir, teacher_dir, tokenizer, data)
-            write_stage_marker(self.run_dir, "evaluate", {"metrics": str(metrics_path)})
+            if self.rundir.is_complete("evaluate", spec, inputs) and metrics_path.is_file():
+                log.info("[evaluate] already complete (same config and inputs): %s", metrics_path)
+                result = json.loads(metrics_path.read_text())
+            else:
+                log.info("[evaluate] %s split, %d inputs", cfg.split, len(data["eval_examples"]))
+                result = run_evaluation(self, student_dir, teacher.path, tokenizer, data)
+                self.rundir.complete("evaluate", spec, inputs, {"metrics": str(metrics_path)})
         self.accelerator.wait_for_everyone()
         return result
 
@@ -316,10 +374,24 @@ class Pipeline:
                                     config=OmegaConf.to_container(self.raw, resolve=True))
 
 
-def _digest_pairs(pairs) -> str:
-    """sha256 over the (id, source, target) training pairs, streamed (XSum's are hundreds of MB)."""
+def _inputs(*refs: ModelRef) -> list[Artifact]:
+    return [ref.artifact for ref in refs if ref.artifact is not None]
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    """The main process's decision on every process (only the main process reads the run dir)."""
+    if accelerator.num_processes == 1:
+        return flag
+    from accelerate.utils import broadcast_object_list
+
+    return bool(broadcast_object_list([flag], from_process=0)[0])
+
+
+def _digest_rows(rows) -> str:
+    """sha256 over JSON rows, streamed (XSum's training pairs are hundreds of MB)."""
     digest = hashlib.sha256()
-    for pair in pairs:
-        digest.update(json.dumps(pair).encode())
+    for row in rows:
+        digest.update(json.dumps(row).encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
