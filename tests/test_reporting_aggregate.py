@@ -49,12 +49,12 @@ def paper_csv(tmp_path):
     path = tmp_path / "paper.csv"
     path.write_text(
         "# source: test fixture\n"
-        "paper,table,dataset,method,metric,value,source\n"
-        "f-DISTILL,Table 2,DART,KL,BLEU,46.0,fixture\n"
-        "f-DISTILL,Table 2,DART,JS,BLEU,47.0,fixture\n"
-        "f-DISTILL,Table 2,DART,ENGINE,BLEU,45.0,fixture\n"
-        "f-DISTILL,Table 2,DART,JS,TER,not transcribed,fixture\n"
-        "f-DISTILL,Table 2,XSum,JS,BLEU,1.0,fixture\n"
+        "paper,table,dataset,pair,method,metric,value,std,mark,source\n"
+        "f-DISTILL,Table 2,dart,bart_dart,kl,bleu,46.0,,second,fixture\n"
+        "f-DISTILL,Table 2,dart,bart_dart,js,bleu,47.0,0.5,best,fixture\n"
+        "f-DISTILL,Table 2,dart,bart_dart,engine,bleu,45.0,,,fixture\n"
+        "f-DISTILL,Table 2,dart,bart_dart,js,bertscore,81.9,,,fixture\n"
+        "f-DISTILL,Table 2,xsum,bart_xsum,js,bleu,1.0,,,fixture\n"
     )
     return path
 
@@ -88,30 +88,41 @@ def test_marks_follow_metric_direction(multirun):
     assert higher_is_better("rougeL") and higher_is_better("bertscore_f1") and higher_is_better("mode_entropy")
 
 
-def test_paper_join_by_normalised_names(multirun, paper_csv):
+def test_paper_join_on_fdistill_names_with_scale_and_difference(multirun, paper_csv):
     aggregated, _ = aggregate_over_seeds(collect_jobs(multirun)[0], method_key="divergence")
-    paper = load_paper_csv(paper_csv, dataset="dart")
+    paper = load_paper_csv(paper_csv, dataset="dart", pair="bart_dart")
     marked = add_marks(join_paper(aggregated, paper))
-    assert frame_row(marked, "js", "bleu")["paper_value"] == 47.0
-    assert frame_row(marked, "js", "bleu")["mark_paper"] == "best"
-    engine = frame_row(marked, "ENGINE", "bleu")  # paper-only row, named with our metric spelling
-    assert engine["n"] == 0 and engine["paper_value"] == 45.0
+    js_bleu = frame_row(marked, "js", "bleu")
+    assert js_bleu["paper_value"] == 47.0 and js_bleu["paper_std"] == 0.5 and js_bleu["mark_paper"] == "best"
+    assert js_bleu["difference"] == pytest.approx(42.0 - 47.0)
+    assert frame_row(marked, "js", "bertscore")["paper_value"] == pytest.approx(0.819)  # printed x100
+    engine = frame_row(marked, "engine", "bleu")  # paper-only row
+    assert engine["n"] == 0 and engine["paper_value"] == 45.0 and math.isnan(engine["difference"])
     assert math.isnan(frame_row(marked, "js", "ter")["paper_value"])
+    with pytest.raises(ValueError, match="no rows for pair 'bart_xsum'"):
+        load_paper_csv(paper_csv, dataset="dart", pair="bart_xsum")
 
 
 def test_cli_writes_csv_md_tex_with_marks_and_provenance(multirun, paper_csv, tmp_path):
     out = tmp_path / "results" / "fdistill" / "table2"
     assert main(["--multirun-dir", str(multirun), "--table", "Table 2 (DART)", "--paper-csv", str(paper_csv),
-                 "--paper-dataset", "DART", "--method-key", "divergence", "--out", str(out)]) == 0
+                 "--paper-dataset", "dart", "--paper-pair", "bart_dart", "--method-key", "divergence",
+                 "--claims", "fdistill_table2", "--out", str(out)]) == 0
     markdown = out.with_suffix(".md").read_text()
-    assert "| js | **42.00 ± 2.83 (n=2)** | **47.00** |" in markdown
+    assert "| js | **42.00 ± 2.83 (n=2)** | **47.00 ± 0.50** | -5.00 |" in markdown
     assert "<u>31.00 ± 1.41 (n=2)</u>" in markdown
     assert "FakeGPU 80GB" in markdown and "Git commit" in markdown and "--method-key divergence" in markdown
-    assert "n.t." in markdown and "1 without metrics.json" in markdown
+    assert "1 without metrics.json" in markdown
+    assert "Different setting from the paper's: dataset ? (paper: dart)" in markdown  # runs that name no dataset
+    claims = pd.read_csv(out.with_name("table2_claims.csv"), comment="#", keep_default_na=False)
+    row = claims[(claims["claim"] == "JS and TVD beat KL and RKL") & (claims["metric"] == "bleu")].iloc[0]
+    assert row["paper_holds"] == "–" and row["ours"] == "not run"  # no tvd anywhere: no verdict on a partial set
+    row = claims[(claims["claim"] == "KL, RKL, JS and TVD beat SeqKD") & (claims["metric"] == "bleu")].iloc[0]
+    assert row["reproduces"] == "n/a"
     latex = out.with_suffix(".tex").read_text()
     assert r"\textbf{42.00 $\pm$ 2.83 (n=2)}" in latex and r"\underline{31.00 $\pm$ 1.41 (n=2)}" in latex
     table = pd.read_csv(out.with_suffix(".csv"), comment="#")
-    assert set(table["method"]) == {"js", "kl", "ENGINE"}
+    assert set(table["method"]) == {"js", "kl", "engine"}
     assert not list(out.parent.glob(".*.tmp"))
 
 

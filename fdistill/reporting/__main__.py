@@ -3,18 +3,24 @@
 Usage::
 
     python -m fdistill.reporting --multirun-dir multirun/2026-01-01/12-00-00 --table "f-DISTILL Table 2 (DART)" \\
-        --paper-csv results/paper/fdistill_table2.csv --paper-dataset DART --method-key divergence \\
-        --out results/fdistill/table2_dart [--figure lambda-grid --figure-metric rougeL]
+        --paper-csv results/paper/fdistill_table2.csv --paper-dataset dart --paper-pair bart_dart \\
+        --claims fdistill_table2 --method-key divergence --out results/fdistill/table2_dart \\
+        [--figure lambda-grid --figure-metric rougeL]
 
 Flags:
   --multirun-dir DIR     Hydra multirun folder (jobs with .hydra/overrides.yaml + metrics.json); required.
   --table NAME           table title (written in every output); required.
   --out STEM             output path without suffix; writes STEM.csv, STEM.md, STEM.tex; required.
-  --paper-csv PATH       published numbers (columns paper,table,dataset,method,metric,value,source).
-  --paper-dataset NAME   keep only this dataset's rows of --paper-csv.
+  --paper-csv PATH       published numbers (results/paper/*.csv; repeatable): the paper's column, the
+                         difference ours − paper, and the paper side of the claims.
+  --paper-dataset NAME   keep only this dataset's rows of --paper-csv (fdistill's dataset name, e.g. dart).
+  --paper-pair NAME      keep only this teacher → student pair's rows (fdistill's pair name, e.g. bart_dart).
+                         When our runs used another dataset or pair, the table says so in bold at the top.
+  --setting-note TEXT    more of how our setting differs (e.g. "120 distillation steps on CPU"); repeatable.
+  --claims NAME          check the directional claims of fdistill.reporting.claims.CLAIMS[NAME] (e.g.
+                         fdistill_table2): a verdict table below the main one and <out>_claims.csv.
   --method-key KEY       override whose value names the method (e.g. divergence); default: all varying
                          non-seed overrides form the row label.
-  --alias OURS=PAPER     map one of our method labels to the paper's name (repeatable), e.g. sft=MLE.
   --seed-key KEY         override that is the seed axis (default: seed).
   --metrics M [M ...]    metrics (columns) to show, in order; default: all.
   --lower-is-better M    extra metric names where smaller is better (repeatable); TER, R_llh, R_cvg, losses,
@@ -37,28 +43,24 @@ import sys
 from collections.abc import Sequence
 
 from fdistill.reporting.aggregate import aggregate_over_seeds
+from fdistill.reporting.claims import CLAIMS, evaluate_claims
 from fdistill.reporting.collect import collect_jobs
 from fdistill.reporting.figures import plot_lambda_grid, plot_quality_diversity, plot_student_size
 from fdistill.reporting.paper import join_paper, load_paper_csv
 from fdistill.reporting.provenance import (
     COMMIT_METADATA_KEYS,
     HARDWARE_METADATA_KEYS,
+    dirty_tree_warning,
     distinct_metadata,
     git_commit,
     machine_description,
+    project_relative,
+    setting_warning,
 )
 from fdistill.reporting.tables import TableContext, add_marks, write_tables
 
 DEFAULT_X_KEYS = {"lambda-grid": "pipeline.distill.lam", "student-size": "pair.student.num_encoder_layers",
                   "quality-diversity": "pipeline.evaluate.decoding.temperature"}
-
-
-def parse_alias(text: str) -> tuple[str, str]:
-    """``"ours=paper"`` → ``("ours", "paper")``."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"alias {text!r} must look like OURS=PAPER, e.g. sft=MLE")
-    ours, paper = text.split("=", 1)
-    return ours, paper
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--multirun-dir", required=True)
     parser.add_argument("--table", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--paper-csv")
+    parser.add_argument("--paper-csv", action="append", default=[])
     parser.add_argument("--paper-dataset")
+    parser.add_argument("--paper-pair")
+    parser.add_argument("--setting-note", action="append", default=[])
+    parser.add_argument("--claims", choices=sorted(CLAIMS))
     parser.add_argument("--method-key")
-    parser.add_argument("--alias", action="append", type=parse_alias, default=[])
     parser.add_argument("--seed-key", default="seed")
     parser.add_argument("--metrics", nargs="+")
     parser.add_argument("--lower-is-better", action="append", default=[])
@@ -91,19 +95,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     jobs, missing = collect_jobs(args.multirun_dir)
     aggregated, fixed = aggregate_over_seeds(jobs, seed_key=args.seed_key, method_key=args.method_key)
-    paper = load_paper_csv(args.paper_csv, args.paper_dataset) if args.paper_csv else None
-    marked = add_marks(join_paper(aggregated, paper, dict(args.alias)), args.lower_is_better)
+    paper = load_paper_csv(args.paper_csv, args.paper_dataset, args.paper_pair) if args.paper_csv else None
+    marked = add_marks(join_paper(aggregated, paper), args.lower_is_better)
     run_hardware = distinct_metadata(jobs, HARDWARE_METADATA_KEYS)
-    provenance = [
+    commit = git_commit()
+    provenance = [project_relative(line) for line in [
         f"Runs' hardware (metrics.json metadata): {'; '.join(run_hardware) if run_hardware else 'not recorded'}",
         f"Reporting machine: {machine_description()}",
-        f"Git commit (reporting): {git_commit()}",
+        f"Git commit (reporting): {commit}",
         *[f"Run {entry}" for entry in distinct_metadata(jobs, COMMIT_METADATA_KEYS)],
         f"Command: {shlex.join(['python', '-m', 'fdistill.reporting', *arguments])}",
         f"Multirun dir: {args.multirun_dir} ({len(jobs)} finished jobs, {len(missing)} without metrics.json)",
         f"Fixed overrides: {', '.join(f'{key}={value}' for key, value in fixed.items()) or 'none'}",
-    ]
-    written = write_tables(marked, args.out, TableContext(args.table, provenance), args.metrics, args.digits)
+    ]]
+    warnings = [warning for warning in (dirty_tree_warning(commit),
+                                        setting_warning(jobs, args.paper_dataset, args.paper_pair, args.setting_note)
+                                        if paper is not None else None) if warning]
+    claims = evaluate_claims(aggregated, paper, CLAIMS[args.claims], args.lower_is_better) if args.claims else None
+    context = TableContext(args.table, provenance, warnings, claims)
+    written = write_tables(marked, args.out, context, args.metrics, args.digits)
     if args.figure:
         x_key = args.x_key or DEFAULT_X_KEYS[args.figure]
         stem = f"{args.out}_{args.figure}"

@@ -39,7 +39,8 @@ def method_labels(jobs: Sequence[JobResult], seed_key: str, method_key: str | No
     """One label per job from its non-seed overrides that vary across jobs; also the constant overrides.
 
     With ``method_key`` (e.g. ``divergence``) the label starts with that override's value and the other
-    varying overrides follow in parentheses: ``"js (pipeline.distill.lam=0.5)"``.
+    varying overrides follow in parentheses: ``"js (pipeline.distill.lam=0.5)"``; an override a job does not
+    set is left out (``"kl"`` beside ``"fkl_rkl (divergence.params.weight=0.5)"``).
     """
     keys = sorted({key for job in jobs for key in job.overrides if key != seed_key})
     if method_key is not None and method_key not in keys:
@@ -48,7 +49,7 @@ def method_labels(jobs: Sequence[JobResult], seed_key: str, method_key: str | No
     constant = {key: jobs[0].overrides[key] for key in keys if key not in varying and key in jobs[0].overrides}
     labels = []
     for job in jobs:
-        others = [f"{key}={job.overrides.get(key, '∅')}" for key in varying if key != method_key]
+        others = [f"{key}={job.overrides[key]}" for key in varying if key != method_key and key in job.overrides]
         if method_key is None:
             labels.append(", ".join(others) or "default")
         else:

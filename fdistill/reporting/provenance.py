@@ -58,3 +58,46 @@ def distinct_metadata(jobs: Sequence[JobResult], keys: Sequence[str]) -> list[st
     """Sorted distinct ``key: value`` strings found in the jobs' metrics.json metadata."""
     return sorted({f"{key}: {job.metadata[key]}" for job in jobs for key in keys if job.metadata.get(key)})
 
+
+
+def project_root() -> Path:
+    """The git work tree holding the current directory, else the current directory."""
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+        return Path(top.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return Path.cwd()
+
+
+def project_relative(text: str) -> str:
+    """`text` with absolute paths inside the project written relative to its root (no machine's paths in
+    committed tables)."""
+    root = str(project_root())
+    return text.replace(root + os.sep, "").replace(root, ".")
+
+
+def dirty_tree_warning(commit: str) -> str | None:
+    """A loud line for a report made from a working tree with uncommitted changes."""
+    if not commit.endswith("-dirty"):
+        return None
+    return (f"Made from a working tree with uncommitted changes ({commit}): the numbers may not be reproducible "
+            "from any commit. Commit, then re-run the report.")
+
+
+def _run_setting(jobs: Sequence[JobResult], key: str) -> set[str]:
+    return {str(job.overrides.get(key) or job.metadata.get(key) or "?") for job in jobs}
+
+
+def setting_warning(jobs: Sequence[JobResult], paper_dataset: str | None, paper_pair: str | None,
+                    notes: Sequence[str] = ()) -> str | None:
+    """The header line of a table whose runs used another dataset or teacher → student pair than the paper
+    rows they are shown beside (or whose setting differs as `notes` say)."""
+    ours = {key: _run_setting(jobs, key) for key in ("dataset", "pair")}
+    differs = [f"{key} {', '.join(sorted(values))} (paper: {expected})"
+               for (key, values), expected in zip(ours.items(), (paper_dataset, paper_pair), strict=True)
+               if expected is not None and values != {expected}]
+    if not differs and not notes:
+        return None
+    what = "; ".join([*differs, *notes])
+    return (f"Different setting from the paper's: {what}. Absolute numbers and the ours − paper differences "
+            "compare different settings and say nothing about fdistill's correctness; read the claims' orderings.")
