@@ -85,11 +85,11 @@ PAIR_commonsense_dialogue := dialogpt_cd
 PAIR_dolly := gpt2_dolly
 PAIR_synthetic := tiny_bart
 GKD_PAIR_xsum := t5_xsum
-PAPER_DATASET_dart := DART
-PAPER_DATASET_xsum := XSum
-PAPER_DATASET_wmt16_en_ro := WMT16 EN-RO
-PAPER_DATASET_commonsense_dialogue := Commonsense Dialogue
-PAPER_DATASET_dolly := Dolly
+# The paper rows a table is shown beside (results/paper/*.csv, fdistill's names): the run's dataset, or for
+# the synthetic task the paper dataset it stands in for; the paper's pair of that dataset.
+FDISTILL_PAPER_DATASET = $(if $(filter synthetic,$(FDISTILL_DATASET)),dart,$(FDISTILL_DATASET))
+# $(call paper_flags,CSV,DATASET,PAIR,CLAIMS): the paper's column, differences and claim verdicts
+paper_flags = --paper-csv $(1) --paper-dataset $(2) --paper-pair $(3) --claims $(4)
 
 dataset_or = $(or $(DATASET),$(1))
 # $(call pair_of,DATASET,TABLE): PAIR, else the table's paper pair for DATASET (GKD: T5), else PAIR_<dataset>
@@ -105,7 +105,6 @@ multirun = $(PY) run.py -m +sweep=$(1) sweep_name=$(call sweep_name,$(2),$(3)) d
 # $(call report,TABLE,DATASET,TITLE,OUT,MORE FLAGS)
 report_table = $(PY) -m fdistill.reporting --multirun-dir $(call sweep_dir,$(1),$(2)) --table "$(3)" --out $(4) $(5) \
 	$(REPORT_FLAGS)
-paper_csv = $(if $(PAPER_DATASET_$(2)),--paper-csv $(1) --paper-dataset "$(PAPER_DATASET_$(2))")
 
 FDISTILL_DATASET = $(call dataset_or,dart)
 GKD_DATASET = $(call dataset_or,xsum)
@@ -118,21 +117,23 @@ fdistill-table2: $(STAMP) ## f-DISTILL Table 2 (baselines + KL/RKL/JS/TVD): make
 	$(call multirun,fdistill_table2,fdistill_table2,$(FDISTILL_DATASET),fdistill_paper)
 	$(call report_table,fdistill_table2,$(FDISTILL_DATASET),f-DISTILL Table 2 ($(FDISTILL_DATASET)),\
 		$(RESULTS)/fdistill/table2_$(FDISTILL_DATASET),--method-key divergence \
-		$(call paper_csv,results/paper/fdistill_table2.csv,$(FDISTILL_DATASET)))
+		$(call paper_flags,results/paper/fdistill_table2.csv,$(FDISTILL_PAPER_DATASET),$(PAIR_$(FDISTILL_PAPER_DATASET)),fdistill_table2))
 
 .PHONY: fdistill-table3
 fdistill-table3: $(STAMP) ## f-DISTILL Table 3 (R_llh, R_cvg, TeacherDist per divergence), DATASET=dart
 	$(call multirun,fdistill_table3,fdistill_table3,$(FDISTILL_DATASET),fdistill_paper)
 	$(call report_table,fdistill_table3,$(FDISTILL_DATASET),f-DISTILL Table 3 ($(FDISTILL_DATASET)),\
-		$(RESULTS)/fdistill/table3_$(FDISTILL_DATASET),--method-key divergence --digits 3 --metrics $(RISK_METRICS))
+		$(RESULTS)/fdistill/table3_$(FDISTILL_DATASET),--method-key divergence --digits 3 --metrics $(RISK_METRICS) \
+		$(call paper_flags,results/paper/fdistill_table3.csv,$(FDISTILL_PAPER_DATASET),$(PAIR_$(FDISTILL_PAPER_DATASET)),fdistill_table3))
 
 .PHONY: fdistill-table4
 fdistill-table4: $(STAMP) ## f-DISTILL Table 4 (JS/TVD, online vs offline teacher sampling, speedup), DATASET=dart
 	$(call multirun,fdistill_table4,fdistill_table4,$(FDISTILL_DATASET),fdistill_paper)
 	$(call report_table,fdistill_table4,$(FDISTILL_DATASET),f-DISTILL Table 4 ($(FDISTILL_DATASET)),\
-		$(RESULTS)/fdistill/table4_$(FDISTILL_DATASET),--method-key divergence)
+		$(RESULTS)/fdistill/table4_$(FDISTILL_DATASET),--method-key divergence \
+		--paper-csv results/paper/fdistill_table4.csv --paper-dataset dart --paper-pair bart_dart)
 	$(PY) scripts/reproduce_speedup.py --multirun-dir $(call sweep_dir,fdistill_table4,$(FDISTILL_DATASET)) \
-		--out $(RESULTS)/fdistill/table4_$(FDISTILL_DATASET)_speedup
+		--out $(RESULTS)/fdistill/table4_$(FDISTILL_DATASET)_speedup --paper-csv results/paper/fdistill_table4.csv
 
 .PHONY: fdistill-figure2
 fdistill-figure2: $(STAMP) ## f-DISTILL Figure 2 (student encoder layers LAYERS=1,...,6), DATASET=dart
@@ -140,27 +141,30 @@ fdistill-figure2: $(STAMP) ## f-DISTILL Figure 2 (student encoder layers LAYERS=
 		pair.student.num_encoder_layers=$(LAYERS))
 	$(call report_table,fdistill_figure2,$(FDISTILL_DATASET),f-DISTILL Figure 2 ($(FDISTILL_DATASET)),\
 		$(RESULTS)/fdistill/figure2_$(FDISTILL_DATASET),--method-key divergence \
-		--figure student-size --figure-metric bleu)
+		--figure student-size --figure-metric bleu --claims fdistill_figure2)
 
 .PHONY: gkd-grid
 gkd-grid: $(STAMP) ## GKD Fig. 7-style grid: λ ∈ {0, 0.5, 1} x JSD(β ∈ {0=KL, 0.1, 0.5, 0.9, 1=RKL}), DATASET=xsum
 	$(call multirun,gkd_grid,gkd_grid,$(GKD_DATASET),gkd_paper)
 	$(call report_table,gkd_grid,$(GKD_DATASET),GKD lambda x JSD(beta) grid ($(GKD_DATASET)),\
 		$(RESULTS)/gkd/grid_$(GKD_DATASET),--figure lambda-grid --series-key divergence.params.beta \
-		--figure-metric $(or $(GKD_METRIC),rougeL))
+		--figure-metric $(or $(GKD_METRIC),rougeL) \
+		$(call paper_flags,results/paper/gkd_stated_results.csv,xsum,t5_xsum,gkd_grid))
 
 .PHONY: akl-table1
 akl-table1: $(STAMP) ## AKL Table 1 (SFT, SeqKD, KL, RKL, SKL, SRKL, FKL+RKL w=.25/.5/.75, AKL, AKL-r), DATASET=dolly
 	$(call multirun,akl_table1,akl_table1,$(AKL_DATASET),akl_paper)
 	$(call multirun,akl_table1_fkl_rkl,akl_table1,$(AKL_DATASET),akl_paper)
 	$(call report_table,akl_table1,$(AKL_DATASET),AKL Table 1 ($(AKL_DATASET)),\
-		$(RESULTS)/akl/table1_$(AKL_DATASET),--method-key divergence --alias mle=SFT --alias kl=KD \
-		$(call paper_csv,results/paper/akl_table1.csv,$(AKL_DATASET)))
+		$(RESULTS)/akl/table1_$(AKL_DATASET),--method-key divergence \
+		$(call paper_flags,results/paper/akl_table1.csv,dolly,gpt2_dolly,akl_table1))
 
 .PHONY: akl-table6
 akl-table6: $(STAMP) ## AKL Table 6 (AKL with μ ∈ {0.45, 0.5, 0.55}), DATASET=dolly
 	$(call multirun,akl_table6,akl_table6,$(AKL_DATASET),akl_paper)
-	$(call report_table,akl_table6,$(AKL_DATASET),AKL Table 6 ($(AKL_DATASET)),$(RESULTS)/akl/table6_$(AKL_DATASET))
+	$(call multirun,akl_table6_fkl_rkl,akl_table6,$(AKL_DATASET),akl_paper)
+	$(call report_table,akl_table6,$(AKL_DATASET),AKL Table 6 ($(AKL_DATASET)),$(RESULTS)/akl/table6_$(AKL_DATASET),\
+		--method-key divergence $(call paper_flags,results/paper/akl_table6.csv,dolly,llama7b_tinyllama,akl_table6))
 
 # ------------------------------------------------------------------------------------------------------
 # Synthetic reproduction (results/synthetic): f-DISTILL Table 2 + 3 analogue and the GKD λ grid on the
@@ -172,9 +176,11 @@ SYNTHETIC_GKD_SEEDS ?= 0,1,2
 comma := ,
 SYNTHETIC_SEED_LIST = $(subst $(comma), ,$(SYNTHETIC_SEEDS))
 SYNTHETIC_RESULTS ?= results/synthetic
+SYNTHETIC_NOTE := synthetic data-to-text task with exact ground truth, tiny GPT-2 pair (4 blocks d=128 -> 1 block d=64), 120 distillation steps on CPU
 SYNTHETIC_VARS = DATASET=synthetic PAIR=tiny_gpt2_gap PIPELINE=default TAG=_modes$* \
 	RESULTS=$(SYNTHETIC_RESULTS)/modes$* OVERRIDES="+experiment=synthetic_capacity_gap dataset.params.num_modes=$* $(OVERRIDES)"
-SYNTHETIC_METRICS := validity_rate mode_tv synthetic_sample/validity_rate synthetic_sample/modes_covered \
+# greedy validity_rate / mode_tv are the same for every method (greedy decoding follows one mode): left out
+SYNTHETIC_METRICS := synthetic_sample/validity_rate synthetic_sample/modes_covered \
 	synthetic_sample/mode_entropy synthetic_sample/mode_entropy_true synthetic_sample/mode_tv \
 	exposure/ex_error_percent exposure/exposure_kl_student_prefixes exposure/exposure_kl_teacher_prefixes bleu
 
@@ -201,9 +207,15 @@ synthetic-modes-%: $(STAMP)
 .PHONY: synthetic-report-%
 synthetic-report-%:
 	$(call report_table,fdistill_table2,synthetic,Synthetic f-DISTILL Table 2 analogue ($* modes),\
-		$(RESULTS)/fdistill/table2_synthetic,--method-key divergence --digits 3 --metrics $(SYNTHETIC_METRICS))
+		$(RESULTS)/fdistill/table2_synthetic,--method-key divergence --digits 3 --metrics $(SYNTHETIC_METRICS) \
+		$(call paper_flags,results/paper/fdistill_table2.csv,dart,bart_dart,fdistill_table2) \
+		--setting-note "$(SYNTHETIC_NOTE)")
 	$(call report_table,fdistill_table2,synthetic,Synthetic f-DISTILL Table 3 analogue ($* modes),\
-		$(RESULTS)/fdistill/table3_synthetic,--method-key divergence --digits 3 --metrics $(RISK_METRICS))
+		$(RESULTS)/fdistill/table3_synthetic,--method-key divergence --digits 3 --metrics $(RISK_METRICS) \
+		$(call paper_flags,results/paper/fdistill_table3.csv,dart,bart_dart,fdistill_table3) \
+		--setting-note "$(SYNTHETIC_NOTE)")
 	$(call report_table,gkd_grid,synthetic,Synthetic GKD lambda x JSD(beta) grid ($* modes),\
 		$(RESULTS)/gkd/grid_synthetic,--figure lambda-grid --series-key divergence.params.beta \
-		--figure-metric synthetic_sample/validity_rate --digits 3 --metrics $(SYNTHETIC_METRICS))
+		--figure-metric synthetic_sample/validity_rate --digits 3 --metrics $(SYNTHETIC_METRICS) \
+		$(call paper_flags,results/paper/gkd_stated_results.csv,xsum,t5_xsum,gkd_grid) \
+		--setting-note "$(SYNTHETIC_NOTE)")

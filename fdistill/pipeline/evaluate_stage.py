@@ -89,6 +89,7 @@ def run_evaluation(pipe, student_dir: str, teacher_dir: str, tokenizer, data: di
                     "teacher_sampling": cfg.pipeline.distill.teacher_sampling},
         "timings_seconds": {**pipe.timings, "evaluate_seconds": time.perf_counter() - start},
         "device": str(device), "mixed_precision": cfg.pipeline.mixed_precision,
+        "dataset": cfg.dataset.name, "pair": cfg.pair.name,
     })
     write_metrics(pipe.run_dir, metrics, metadata)
     for line in summary_lines(metrics, cfg, pipe.run_dir):
