@@ -180,6 +180,22 @@ def summary_line(verdicts: pd.DataFrame, early_epochs: int) -> str:
     return "\n".join(sentences)
 
 
+PAPER_SAYS = "AKL Sec. 3, Figs. 2-3 (a figure: no number is published, shared/papers/akl_wu2024.md has none)"
+
+
+def paper_beside_ours(verdicts: pd.DataFrame) -> list[str]:
+    """The paper's qualitative claims with our verdict over the (init, shape) cases (the toy has no paper numbers)."""
+    total = len(verdicts)
+    rows = [("FKL fits the head first", "fkl_head_first"), ("RKL fits the tail first", "rkl_tail_first"),
+            ("RKL leans more to the tail than FKL (comparative reading)", "rkl_leans_tail_more"),
+            ("both converge to the teacher", "both_converge")]
+    lines = ["| claim | paper | ours: cases where it holds | reproduces |", "|---|---|---|---|"]
+    for claim, column in rows:
+        held = int(verdicts[column].sum())
+        lines.append(f"| {claim} | {PAPER_SAYS} | {held}/{total} | {'yes' if held == total else 'no'} |")
+    return lines
+
+
 def report(curves: pd.DataFrame, verdicts: pd.DataFrame, command: str, early_epochs: int) -> str:
     """Markdown: command, summary, per-(init, shape) verdicts and the checkpoint table."""
     checkpoints = curves[curves["epoch"].isin(CHECKPOINTS)].pivot_table(
@@ -198,6 +214,7 @@ def report(curves: pd.DataFrame, verdicts: pd.DataFrame, command: str, early_epo
         "gap first); `rkl_leans_tail_more`: RKL's relative (head − tail) exceeds FKL's. `*_early` = mean "
         "absolute errors over the same epochs.", "",
         "## Summary", "", summary_line(verdicts, early_epochs), "",
+        "## The paper beside ours", "", *paper_beside_ours(verdicts), "",
         "## Verdict per init and teacher shape", "", frame_to_markdown(verdicts), "",
         "## Errors at checkpoints", "", frame_to_markdown(checkpoints), "",
         "Figure: `akl_head_tail.png` / `.pdf`; checkpoint rows: `akl_head_tail.csv`.", ""])
