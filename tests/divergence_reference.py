@@ -22,6 +22,7 @@ CONFIGS = [
     ("akl", {}),
     ("akl", {"mu": 0.8, "detach_weights": False}),
     ("akl_r", {}),
+    ("engine", {}),
 ]
 
 
@@ -93,6 +94,8 @@ def halves(name, params, student_logits, teacher_logits, temperature=1.0, prefix
             w = beta * teacher_prefix / (beta * teacher_prefix + (1 - beta) * student_prefix)
         lm = log_mix(w, lp, lq)
         return beta * kl(lp, lm), (1 - beta) * kl(lq, lm)
+    if name == "engine":  # ENGINE's step-wise energy: the teacher's cross-entropy of q
+        return zero, -(lq.exp() * lp).sum(-1)
     if name in ("akl", "akl_r"):
         head, tail = akl_weights(lp.exp().detach(), lq.exp().detach(), params.get("mu", 0.5))
         if name == "akl_r":

@@ -41,6 +41,8 @@ def test_non_negative(pair):
 def test_zero_for_equal_logits_up_to_a_shift(pair, shift):
     _, teacher = pair
     for name, params in CONFIGS:
+        if name == "engine":  # ENGINE's energy is a cross-entropy: it is the teacher's entropy at q = p
+            continue
         value = get_divergence(name, **params).per_token(teacher + shift, teacher)
         assert (value.abs() <= TOLERANCE).all(), (name, params, value)
 

@@ -39,7 +39,13 @@ def get_divergence(name: str, temperature: float = 1.0, **params) -> Divergence:
     if name not in _REGISTRY:
         raise KeyError(f"unknown divergence {name!r}; valid names: {', '.join(available_divergences())}")
     cls = _REGISTRY[name]
-    accepted = [p for p in inspect.signature(cls).parameters if p != "temperature"]
+    from fdistill.divergences.losses import Divergence
+
+    def named(function) -> list[str]:
+        return [key for key, parameter in inspect.signature(function).parameters.items()
+                if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) and key != "self"]
+
+    accepted = [p for p in dict.fromkeys([*named(cls.__init__), *named(Divergence.__init__)]) if p != "temperature"]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise TypeError(
