@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fdistill.models.collate import IGNORE_INDEX
+from fdistill.models.heads import captured_head_input
 from fdistill.models.student import layer_map as recorded_layer_map
 
 
@@ -57,6 +58,23 @@ def token_logits_and_hidden_states(
     outputs = model(**_model_inputs(model, batch), logits_to_keep=num_targets + 1,
                     output_hidden_states=output_hidden_states)
     return outputs.logits[:, :-1], {"decoder": outputs.hidden_states} if output_hidden_states else {}
+
+
+def head_inputs_and_hidden_states(
+    model: PreTrainedModel, batch: Mapping[str, torch.Tensor], output_hidden_states: bool = False
+) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, ...]]]:
+    """What the output head sees at each target position, ``[B, T, H]`` aligned with ``batch["labels"]`` as
+    `token_logits`' positions are, from one forward pass of the model itself that never computes the logits
+    (`fdistill.models.heads`); with the hidden states of every layer when asked (pre-distillation)."""
+    with captured_head_input(model) as capture:
+        if model_config(model).is_encoder_decoder:
+            outputs = model(**_model_inputs(model, batch), output_hidden_states=output_hidden_states)
+            states = {"encoder": outputs.encoder_hidden_states, "decoder": outputs.decoder_hidden_states}
+            return capture.captured, states if output_hidden_states else {}
+        num_targets = batch["labels"].shape[1]
+        outputs = model(**_model_inputs(model, batch), logits_to_keep=num_targets + 1,
+                        output_hidden_states=output_hidden_states)
+        return capture.captured[:, :-1], {"decoder": outputs.hidden_states} if output_hidden_states else {}
 
 
 def generate_targets(
@@ -119,14 +137,16 @@ def paired_hidden_states(
     batch: Mapping[str, torch.Tensor],
     layer_map: Mapping[str, list[int]] | None = None,
     student_states: Mapping[str, tuple[torch.Tensor, ...]] | None = None,
+    teacher_states: Mapping[str, tuple[torch.Tensor, ...]] | None = None,
 ) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
     """(student, teacher) hidden-state pairs per stack for pre-distillation: the output of student layer i
     with the output of teacher layer `layer_map[stack][i]` (default: the layer it was copied from). The
-    teacher runs without gradients; `student_states` reuses a forward pass already made."""
+    teacher runs without gradients; `student_states` / `teacher_states` reuse forward passes already made."""
     layer_map = recorded_layer_map(getattr(student, "module", student)) if layer_map is None else layer_map
     student_states = hidden_states(student, batch) if student_states is None else student_states
-    with torch.no_grad():
-        teacher_states = hidden_states(teacher, batch)
+    if teacher_states is None:
+        with torch.no_grad():
+            teacher_states = hidden_states(teacher, batch)
     for stack, teacher_layers in layer_map.items():
         num_student_layers, num_teacher_layers = len(student_states[stack]) - 1, len(teacher_states[stack]) - 1
         if len(teacher_layers) != num_student_layers or not all(0 <= i < num_teacher_layers for i in teacher_layers):
