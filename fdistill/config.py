@@ -16,7 +16,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from fdistill.errors import ConfigError
 
 STAGES = ("teacher_sft", "student_init", "predistill", "teacher_sampling", "distill", "evaluate")
-OBJECTIVES_OUTSIDE_REGISTRY = ("nll", "engine")
+#: divergence names that are not registry divergences: `nll` (the likelihood baselines), `none` (no distillation)
+OBJECTIVES_OUTSIDE_REGISTRY = ("nll",)
 
 
 def _require(condition: bool, key: str, value: Any, expected: str) -> None:
@@ -117,10 +118,18 @@ class DivergenceConfig:
     name: str = MISSING
     label: str | None = None
     temperature: float = 1.0
+    #: the teacher's softmax temperature when it differs from `temperature` (GKD Table A.1: 0.1); null: the same
+    teacher_temperature: float | None = None
+    #: `none` (TRL, Liger) or `squared`: values and gradients × τ² (Hinton et al.; the f-DISTILL code)
+    temperature_scaling: str = "none"
     params: dict[str, Any] = field(default_factory=dict)
 
     def check(self, key: str) -> None:
         _require(self.temperature > 0, f"{key}.temperature", self.temperature, "> 0")
+        _require(self.teacher_temperature is None or self.teacher_temperature > 0, f"{key}.teacher_temperature",
+                 self.teacher_temperature, "null or > 0")
+        _require(self.temperature_scaling in ("none", "squared"), f"{key}.temperature_scaling",
+                 self.temperature_scaling, "none or squared")
 
 
 @dataclass
@@ -278,6 +287,10 @@ class PipelineConfig:
     rebuild: list[str] = field(default_factory=list)
     #: a run dir holding results of another config: `error`, or `archive` its contents and start fresh
     on_run_dir_conflict: str = "error"
+    #: compute the losses from hidden states and the models' own output heads, chunk by chunk, so the
+    #: [tokens, V] logits never exist in full (exact; used where fdistill.models.heads supports the
+    #: architecture, else the logits are materialised)
+    fused_lm_head: bool = True
     teacher_sft: TrainStageConfig = field(default_factory=lambda: TrainStageConfig(max_steps=500))
     predistill: PredistillConfig = field(default_factory=lambda: PredistillConfig(max_steps=300))
     teacher_sampling: TeacherSamplingConfig = field(default_factory=TeacherSamplingConfig)

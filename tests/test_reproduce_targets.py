@@ -49,10 +49,11 @@ def read_table(path: Path) -> list[dict[str, str]]:
 
 
 def methods_with_all_seeds(rows: list[dict[str, str]]) -> set[str]:
-    """Methods whose every metric was averaged over all seeds (the ``n`` column of our rows)."""
+    """Methods whose every metric was averaged over all seeds (the ``n`` column of our rows; rows with n = 0
+    are the paper's metrics that our runs do not measure)."""
     seeds_per_method: dict[str, set[int]] = {}
     for row in rows:
-        if row.get("n"):
+        if row.get("n") and int(float(row["n"])) > 0:
             seeds_per_method.setdefault(row["method"], set()).add(int(float(row["n"])))
     return {method for method, counts in seeds_per_method.items() if counts == {len(SEEDS)}}
 

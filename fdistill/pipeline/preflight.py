@@ -23,6 +23,7 @@ from fdistill.divergences import available_divergences, get_divergence
 from fdistill.errors import ConfigError, StorageError
 from fdistill.evaluation import available_metrics
 from fdistill.models import check_same_vocab, load_tokenizer
+from fdistill.training.objectives import OBJECTIVES, objective_name
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +55,11 @@ def preflight(cfg: FdistillConfig, check_resources: bool = True) -> Preflight:
             raise ConfigError("divergence=predistill (name: none) evaluates the pre-distilled student; it needs "
                               "pipeline.distill.enabled=false")
         needs: frozenset[str] = frozenset()
-    elif name in OBJECTIVES_OUTSIDE_REGISTRY:
-        needs = _likelihood_needs(name, distill.fixed_data)
     else:
-        if name not in available_divergences():
-            raise ConfigError(f"unknown divergence {name!r}; choose one of {available_divergences()} or the "
-                              f"baselines mle, seqkd, engine, word_kd, predistill (divergence=<name>)")
-        try:
-            divergence = get_divergence(name, temperature=cfg.divergence.temperature, **dict(cfg.divergence.params))
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"divergence.params={dict(cfg.divergence.params)} is invalid: {error}") from error
-        needs = _divergence_needs(divergence, distill)
+        if name not in OBJECTIVES_OUTSIDE_REGISTRY:
+            divergence = build_divergence(cfg)
+        objective = objective_name(name, distill.regime)
+        needs = OBJECTIVES[objective].needs(divergence, distill)
     if not distill.enabled:
         needs = frozenset()
     if "teacher" in needs and distill.teacher_sampling == "offline" and not cfg.pipeline.teacher_sampling.enabled:
@@ -86,17 +81,18 @@ def preflight(cfg: FdistillConfig, check_resources: bool = True) -> Preflight:
     return Preflight(divergence=divergence, needs=needs, is_encoder_decoder=cfg.pair.architecture == "encoder_decoder")
 
 
-def _likelihood_needs(name: str, fixed_data: str) -> frozenset[str]:
-    if name == "engine":
-        return frozenset({"student"})
-    return frozenset({"teacher"} if fixed_data == "teacher_samples" else {"data"})
-
-
-def _divergence_needs(divergence, distill) -> frozenset[str]:
-    if distill.regime == "fdistill":
-        return frozenset(divergence.needs)
-    fixed = "teacher" if distill.fixed_data == "teacher_samples" else "data"
-    return frozenset(({"student"} if distill.lam > 0 else set()) | ({fixed} if distill.lam < 1 else set()))
+def build_divergence(cfg: FdistillConfig):
+    """The configured registry divergence, with every parameter checked (a ConfigError names the bad one)."""
+    name = cfg.divergence.name
+    if name not in available_divergences():
+        raise ConfigError(f"unknown divergence {name!r}; choose one of {available_divergences()} or the "
+                          f"baselines mle, seqkd, word_kd, predistill (divergence=<name>)")
+    try:
+        return get_divergence(name, temperature=cfg.divergence.temperature,
+                              teacher_temperature=cfg.divergence.teacher_temperature,
+                              temperature_scaling=cfg.divergence.temperature_scaling, **dict(cfg.divergence.params))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"divergence.params={dict(cfg.divergence.params)} is invalid: {error}") from error
 
 
 def _check_metrics(metrics: list[str]) -> None:

@@ -34,6 +34,7 @@ from fdistill.models import (
     load_tokenizer,
     prepare_tiny_pair,
     student_from_pair_config,
+    supports_fused_head,
 )
 from fdistill.pipeline.cache import Artifact, ArtifactCache
 from fdistill.pipeline.evaluate_stage import run_evaluation
@@ -44,10 +45,13 @@ from fdistill.sampling import load_teacher_samples, sample_teacher_offline
 from fdistill.training.loop import drop_checkpoints, num_training_steps, parameter_digest, train
 from fdistill.training.objectives import (
     BatchSources,
-    DistillationObjective,
-    MleObjective,
+    NllObjective,
+    Objective,
+    TokenLoss,
     TrainingSet,
+    build_objective,
     encode_pairs,
+    objective_name,
 )
 from fdistill.training.predistill import PredistillObjective
 
@@ -128,6 +132,15 @@ class Pipeline:
             tokenizer.save_pretrained(out_dir)
         self.accelerator.wait_for_everyone()
 
+    def _token_loss(self, stage: str, teacher, student) -> TokenLoss:
+        """The loss computer of a stage: the fused lm-head path where both models' heads are supported."""
+        models = [model for model in (teacher, student) if model is not None]
+        fused = self.cfg.pipeline.fused_lm_head and all(supports_fused_head(model) for model in models)
+        if self.cfg.pipeline.fused_lm_head and not fused:
+            self._info("[%s] model type %s has no fused lm-head support: losses on materialised logits", stage,
+                       sorted({model.config.model_type for model in models}))
+        return TokenLoss(teacher, fused=fused)
+
     def _finish_artifact_build(self, model, tokenizer, work_dir: Path) -> None:
         """Save the trained model and drop the stage's training checkpoints (3x the model's size) from the
         artifact: once the model is saved, nothing resumes from them."""
@@ -205,8 +218,9 @@ class Pipeline:
             collator = data["collator_factory"](tokenizer)
             training = self._training_set(tokenizer, data)
             sources = self._sources(collator, training, sft.batch_size, cfg.pipeline.artifact_seed)
-            self._train_stage("teacher_sft", teacher, MleObjective(sources), sft, len(training.pair_target_ids),
-                              work_dir)
+            objective = NllObjective(divergence=None, distill=cfg.pipeline.distill, sources=sources, seed=0,
+                                     token_loss=self._token_loss("teacher_sft", None, teacher))
+            self._train_stage("teacher_sft", teacher, objective, sft, len(training.pair_target_ids), work_dir)
             self._finish_artifact_build(teacher, tokenizer, work_dir)
 
         artifact = self.cache.get_or_build("teacher", spec, build, self.accelerator)
@@ -249,7 +263,8 @@ class Pipeline:
             collator = data["collator_factory"](tokenizer)
             training = self._training_set(tokenizer, data)
             sources = self._sources(collator, training, cfg.batch_size, self.cfg.pipeline.artifact_seed)
-            objective = PredistillObjective(cfg, teacher_model, sources)
+            objective = PredistillObjective(cfg, teacher_model, sources,
+                                            self._token_loss("predistill", teacher_model, student_model))
             self._train_stage("predistill", student_model, objective, cfg, len(training.pair_target_ids), work_dir)
             self._finish_artifact_build(student_model, tokenizer, work_dir)
 
@@ -312,8 +327,10 @@ class Pipeline:
                                 teacher=teacher_model, teacher_samples=teacher_samples,
                                 teacher_decoding=self.cfg.pipeline.teacher_sampling.decoding if online else None,
                                 student_decoding=cfg.student_sampling, fixed_data=cfg.fixed_data)
-        objective = DistillationObjective(divergence_cfg=self.cfg.divergence, divergence=self.checked.divergence,
-                                          distill=cfg, teacher=teacher_model, sources=sources, seed=self.cfg.seed)
+        objective = build_objective(objective_name(self.cfg.divergence.name, cfg.regime),
+                                    divergence=self.checked.divergence, distill=cfg, sources=sources,
+                                    seed=self.cfg.seed,
+                                    token_loss=self._token_loss("distill", teacher_model, student_model))
         num_items = len(teacher_samples) if teacher_samples is not None else len(training.pair_target_ids)
         self._train_stage("distill", student_model, objective, cfg, num_items, work_dir)
         self._write_process_record(student_model, objective)
@@ -321,7 +338,7 @@ class Pipeline:
         self._mark("distill", spec, inputs, {"student": str(out_dir), "seconds": self.timings.get("distill_seconds")})
         return str(out_dir), spec
 
-    def _write_process_record(self, student, objective: DistillationObjective) -> None:
+    def _write_process_record(self, student, objective: Objective) -> None:
         """DDP sanity artifact ``<run_dir>/distill/process_<rank>.json``: the student's parameter digest
         and the GKD on-policy micro-steps this process ran; all processes must write the same values."""
         rank = self.accelerator.process_index
