@@ -8,6 +8,12 @@ Local layout (``data_dir``): the official release files ``dart-v1.1.1-full-{trai
 each a JSON list of ``{tripleset, subtree_was_extended (optional), annotations: [{source, text}]}``.
 Hub: ``Yale-LILY/dart`` (the former canonical ``dart``), same fields with ``annotations`` stored
 column-wise (``{source: [...], text: [...]}``); both forms are accepted.
+
+``resplit_dev`` (parameter; off by default): make all three splits from the dev file alone, for machines
+that hold only the dev split (``../shared/data/dart`` has 2,768 dev inputs). A seeded permutation of the
+distinct triple sets gives ``test`` inputs first, then ``validation``, the rest is ``train``: disjoint by
+content (a triple set that occurs several times in the file, and all its references, stay in one split),
+the same on every machine for the same seed and sizes (sizes count distinct triple sets).
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ def _annotation_columns(annotations: Any, where: str) -> tuple[list[str], list[s
     return sources, texts
 
 
+RESPLIT_KEYS = ("seed", "validation", "test")
+
+
 @register
 class DartAdapter(DatasetAdapter):
     name = "dart"
@@ -49,6 +58,46 @@ class DartAdapter(DatasetAdapter):
         "validation": "dart-v1.1.1-full-dev.json",
         "test": "dart-v1.1.1-full-test.json",
     }
+    #: resplit_dev: null, or {seed, validation, test}: sizes (in inputs) of the splits cut from the dev file
+    defaults = {"resplit_dev": None}
+
+    def _resplit(self) -> dict | None:
+        resplit = self.params["resplit_dev"]
+        if resplit is None:
+            return None
+        resplit = dict(resplit)
+        if sorted(resplit) != sorted(RESPLIT_KEYS) or not all(
+                isinstance(resplit[key], int) and not isinstance(resplit[key], bool) and resplit[key] >= 0
+                for key in RESPLIT_KEYS):
+            raise DataError(f"dart: resplit_dev={resplit!r} must be {{seed, validation, test}} with non-negative "
+                            "integers (validation/test: inputs cut from the dev file; the rest is train)")
+        return resplit
+
+    def read_rows(self, split: str):
+        rows, origin = super().read_rows("validation" if self._resplit() is not None else split)
+        self._rows = rows
+        return rows, origin
+
+    def select_rows(self, split: str, num_rows: int):
+        resplit = self._resplit()
+        if resplit is None:
+            return range(num_rows)
+        import json
+
+        import numpy as np
+
+        groups: dict[str, list[int]] = {}
+        for index, row in enumerate(self._rows):
+            groups.setdefault(json.dumps(row.get("tripleset") if isinstance(row, Mapping) else index), []).append(index)
+        keys = list(groups)
+        held_out = resplit["validation"] + resplit["test"]
+        if held_out >= len(keys):
+            raise DataError(f"dart: resplit_dev holds out {held_out} of the dev file's {len(keys)} distinct triple "
+                            "sets; nothing would be left for train")
+        order = np.random.default_rng(resplit["seed"]).permutation(len(keys))
+        parts = {"test": order[: resplit["test"]], "validation": order[resplit["test"]:held_out],
+                 "train": order[held_out:]}
+        return sorted(index for position in parts[split] for index in groups[keys[int(position)]])
 
     def parse_file(self, path: Path) -> list[Any]:
         data = read_json(path)

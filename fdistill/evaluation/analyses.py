@@ -38,12 +38,14 @@ def _batches(length: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, length))
 
 
-def _logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+def _logits(model: torch.nn.Module, batch: dict[str, Any], vocab_size: int) -> torch.Tensor:
+    """Logits over the tokenizer's `vocab_size` entries (rows a checkpoint pads its vocabulary with are
+    dropped, as in training)."""
     from fdistill.models import token_logits
 
     device = next(model.parameters()).device
     on_device = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
-    return token_logits(model, on_device).float()
+    return token_logits(model, on_device)[..., :vocab_size].float()
 
 
 def draw_samples(model: torch.nn.Module, collator, source_ids: Sequence[TokenIds], *, num_samples: int,
@@ -69,7 +71,7 @@ def sequence_nll(model: torch.nn.Module, collator, source_ids: Sequence[TokenIds
     with _eval_mode(model):
         for chunk in _batches(len(source_ids), batch_size):
             batch = collator.from_ids(list(source_ids[chunk]), list(target_ids[chunk]))
-            logits = _logits(model, batch)
+            logits = _logits(model, batch, len(collator.tokenizer))
             labels = batch["labels"].to(logits.device)
             nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
             nll_sums.append(nll.sum(-1).cpu())
@@ -141,7 +143,8 @@ def mean_token_kl(teacher: torch.nn.Module, student: torch.nn.Module, collator, 
     with _eval_mode(teacher, student):
         for chunk in _batches(len(source_ids), batch_size):
             batch = collator.from_ids(list(source_ids[chunk]), list(target_ids[chunk]))
-            student_logits, teacher_logits = _logits(student, batch), _logits(teacher, batch)
+            vocab = len(collator.tokenizer)
+            student_logits, teacher_logits = _logits(student, batch, vocab), _logits(teacher, batch, vocab)
             if student_logits.shape != teacher_logits.shape:
                 raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} and student logits "
                                  f"{tuple(student_logits.shape)} differ: the pair must share a vocabulary")

@@ -20,7 +20,7 @@ from fdistill.models.pairs import (
     teacher_layer_counts,
 )
 from fdistill.models.student import init_student, layer_map, spread_layers
-from fdistill.models.vocab import build_word_tokenizer, check_same_vocab, check_vocab_sizes, load_tokenizer
+from fdistill.models.vocab import build_word_tokenizer, check_same_vocab, load_tokenizer
 
 __all__ = [
     "ARCHITECTURES",
@@ -29,7 +29,6 @@ __all__ = [
     "SeqCollator",
     "build_word_tokenizer",
     "check_same_vocab",
-    "check_vocab_sizes",
     "generate_targets",
     "head_inputs_and_hidden_states",
     "hidden_states",

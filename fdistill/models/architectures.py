@@ -41,7 +41,10 @@ LAYER_LAYOUTS = {
     "bart": LayerLayout("model.encoder.layers", "model.decoder.layers", "encoder_layers", "decoder_layers"),
     "t5": LayerLayout("encoder.block", "decoder.block", "num_layers", "num_decoder_layers"),
     "gpt2": LayerLayout(None, "transformer.h", None, "n_layer"),
+    "llama": LayerLayout(None, "model.layers", None, "num_hidden_layers"),  # SmolLM2, Llama 2/3
 }
+#: config lists with one entry per decoder layer, which a layer-copy student keeps for its kept layers
+PER_LAYER_CONFIG_KEYS = ("layer_types",)
 STACKS = ("encoder", "decoder")
 
 

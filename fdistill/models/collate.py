@@ -8,11 +8,14 @@ encoder-decoder (BART, T5): `input_ids` = source ids (with the tokenizer's speci
     The batch holds no `decoder_input_ids`: `token_logits` shifts the labels right with the model's own
     `decoder_start_token_id` (as `model(**batch)` does in transformers), so one batch serves any model
     of the pair.
-decoder-only (GPT-2, DialoGPT): the prompt is source + [separator], where the separator is the
-    tokenizer's sep token or, if it has none, eos (DialoGPT's turn separator). Each row is
-    left-padded prompt | right-padded target, so the targets of all rows start at the same column and
-    `labels` is exactly the target part; prompt and padding never carry labels. `position_ids` count
-    real tokens only, as in generation from left-padded prompts.
+decoder-only (GPT-2, DialoGPT, Llama): with ``prompt_format="plain"`` the prompt is [instruction +] source
+    + [separator], where the separator is the tokenizer's sep token or, if it has none, eos (DialoGPT's
+    turn separator); with ``"chat"`` it is the tokenizer's chat template around one user turn holding
+    [instruction +] source, ending with the assistant's turn opening (an instruct model's own format;
+    the target then ends with its end-of-turn eos). Each row is left-padded prompt | right-padded target,
+    so the targets of all rows start at the same column and `labels` is exactly the target part; prompt
+    and padding never carry labels. `position_ids` count real tokens only, as in generation from
+    left-padded prompts.
 
 Truncation (GKD Table A.1: e.g. XSum input 1024, output 64): sources keep their first tokens (decoder-only:
 `max_source_length` includes the separator); text targets keep their first `max_target_length - 1`
@@ -43,6 +46,10 @@ def _mask(rows: list[list[int]], left: bool = False) -> torch.Tensor:
     return _pad([[1] * len(row) for row in rows], 0, left=left)
 
 
+PROMPT_FORMATS = ("plain", "chat")
+_PLACEHOLDER = "\x00fdistill-source\x00"
+
+
 class SeqCollator:
     """Tokenise, truncate and pad (source, target) pairs for `tokenizer`'s model (see module docstring)."""
 
@@ -52,9 +59,16 @@ class SeqCollator:
         is_encoder_decoder: bool,
         max_source_length: int,
         max_target_length: int,
+        prompt_format: str = "plain",
+        instruction: str | None = None,
     ):
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("SeqCollator needs a tokenizer with pad and eos tokens; load it with load_tokenizer")
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format={prompt_format!r}; expected one of {PROMPT_FORMATS}")
+        if prompt_format == "chat" and (is_encoder_decoder or not getattr(tokenizer, "chat_template", None)):
+            raise ValueError("prompt_format='chat' needs a decoder-only model whose tokenizer has a chat template; "
+                             "use prompt_format='plain'")
         minimum_source = 1 if is_encoder_decoder else 2
         if max_source_length < minimum_source or max_target_length < 1:
             raise ValueError(
@@ -68,14 +82,34 @@ class SeqCollator:
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
         self.separator_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else self.eos_id
+        self.prompt_format, self.instruction = prompt_format, instruction or ""
+        self._chat_frame = self._chat_template_frame() if prompt_format == "chat" else None
+
+    def _chat_template_frame(self) -> tuple[list[int], list[int]]:
+        """Token ids of the chat template before and after the user turn's content (one placeholder turn
+        rendered and split, so truncation never cuts into the template)."""
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": _PLACEHOLDER}], tokenize=False,
+                                                  add_generation_prompt=True)
+        before, after = text.split(_PLACEHOLDER)
+        encode = lambda part: self.tokenizer(part, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return encode(before), encode(after)
 
     def encode_sources(self, sources: Sequence[str]) -> list[list[int]]:
         """Source ids as `from_ids` expects them: with the tokenizer's special tokens for encoder-decoder
-        models, without (and without the separator) for decoder-only ones; truncated."""
+        models; for decoder-only ones [instruction +] source without special tokens and separator ("plain"),
+        or the whole chat-formatted prompt ("chat"); truncated to `max_source_length` in total."""
+        texts = [self.instruction + source for source in sources]
         if self.is_encoder_decoder:
-            return self.tokenizer(list(sources), truncation=True, max_length=self.max_source_length)["input_ids"]
-        encoded = self.tokenizer(list(sources), add_special_tokens=False)["input_ids"]
-        return [ids[: self.max_source_length - 1] for ids in encoded]
+            return self.tokenizer(texts, truncation=True, max_length=self.max_source_length)["input_ids"]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if self._chat_frame is None:
+            return [ids[: self.max_source_length - 1] for ids in encoded]
+        before, after = self._chat_frame
+        budget = self.max_source_length - len(before) - len(after)
+        if budget < 1:
+            raise ValueError(f"max_source_length={self.max_source_length} leaves no room for the source inside the "
+                             f"chat template ({len(before) + len(after)} tokens); raise dataset.max_source_length")
+        return [before + ids[:budget] + after for ids in encoded]
 
     def encode_targets(self, targets: Sequence[str]) -> list[list[int]]:
         """Target ids ending with eos, at most `max_target_length`: the tokenizer's target convention for
@@ -130,4 +164,6 @@ class SeqCollator:
         return {"input_ids": _pad(rows, self.pad_id, left=True), "attention_mask": _mask(rows, left=True)}
 
     def _decoder_prompts(self, source_ids: Sequence[Sequence[int]]) -> list[list[int]]:
+        if self._chat_frame is not None:  # encode_sources built the whole prompt already
+            return [ids[: self.max_source_length] for ids in _as_id_lists(source_ids)]
         return [ids[: self.max_source_length - 1] + [self.separator_id] for ids in _as_id_lists(source_ids)]

@@ -96,11 +96,16 @@ def generate_targets(
     the first eos (kept), without prompt, decoder start token or padding.
 
     Sampling defaults (temperature 1, no top-k/top-p) draw from the model distribution itself, as the
-    on-policy and sampled-teacher regimes of f-DISTILL and GKD require. Other entries of the model's
+    on-policy and sampled-teacher regimes of f-DISTILL and GKD require; output rows past the tokenizer's
+    vocabulary (padding) are suppressed, which renormalises over the tokenizer's entries as training does. Other entries of the model's
     generation config (e.g. BART's no_repeat_ngram_size) still apply unless overridden in
     `generate_options`, which are passed to `model.generate`.
     """
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
+    padding_rows = range(len(tokenizer), model.get_output_embeddings().weight.shape[0])
+    if len(padding_rows) and "suppress_tokens" not in generate_options:
+        # a vocabulary padded beyond the tokenizer (e.g. 151,936 vs 152,064 rows): never emit those ids
+        generate_options = {**generate_options, "suppress_tokens": list(padding_rows)}
     input_ids = prompts["input_ids"].to(model.device)
     sequences = model.generate(
         input_ids=input_ids,
@@ -111,9 +116,7 @@ def generate_targets(
         num_return_sequences=num_return_sequences,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        use_cache=True,
-        **sampling,
-        **generate_options,
+        **{"use_cache": True, **sampling, **generate_options},
     )
     responses = sequences[:, 1:] if model.config.is_encoder_decoder else sequences[:, input_ids.shape[1]:]
     return [cut_after_eos(row, tokenizer.eos_token_id) for row in responses.tolist()]

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from fdistill.models.architectures import STACKS, architecture_of, auto_model_class, layer_layout
+from fdistill.models.architectures import (
+    PER_LAYER_CONFIG_KEYS,
+    STACKS,
+    architecture_of,
+    auto_model_class,
+    layer_layout,
+)
 
 INIT_METHODS = ("layer_copy", "from_pretrained", "from_config")
 COPIED_LAYERS_KEY = "fdistill_copied_layers"
@@ -124,8 +130,15 @@ def init_student(
     config = copy.deepcopy(teacher.config)
     for stack, layers in layer_map.items():
         setattr(config, layout.count_key(stack), len(layers))
+        if stack == "decoder":  # e.g. Llama's layer_types (sliding/full attention) follow the kept layers
+            for key in PER_LAYER_CONFIG_KEYS:
+                values = getattr(config, key, None)
+                if isinstance(values, (list, tuple)) and len(values) == teacher_counts[stack]:
+                    setattr(config, key, [values[index] for index in layers])
     for key, value in overrides.items():
         setattr(config, key, value)
+    # a new model from the config: its layers are numbered 0..k-1 (`layer_idx`, which the KV cache indexes);
+    # copying the teacher's modules instead would keep their original indices and break cached generation
     student = type(teacher)(config).to(teacher.dtype)
     student.generation_config = copy.deepcopy(teacher.generation_config)
     if method == "layer_copy":

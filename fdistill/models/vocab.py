@@ -7,10 +7,10 @@ must index one vocabulary (f-DISTILL Sec. 2; GKD Sec. 3). The checks here fail b
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from fdistill.models.storage import staged_directory
 
@@ -82,27 +82,3 @@ def check_same_vocab(
             "needs one shared vocabulary: pick a student from the teacher's model family (or set "
             "pair.tokenizer to the teacher's tokenizer and use student.init=layer_copy/from_config)."
         )
-
-
-def check_vocab_sizes(tokenizer: PreTrainedTokenizerBase, named_models: Mapping[str, PreTrainedModel]) -> int:
-    """Check that every model's output layer covers the tokenizer and that all models emit logits of the
-    same width; return that width.
-
-    Checkpoints may pad the vocabulary (T5: 32128 logits for 32100 tokens). The padded logits are kept:
-    teacher and student distributions are compared over the same `V` entries, which requires equal
-    `V`; a student with a different width cannot be distilled token by token.
-    """
-    widths = {name: model.get_output_embeddings().weight.shape[0] for name, model in named_models.items()}
-    too_small = {name: width for name, width in widths.items() if width < len(tokenizer)}
-    if too_small:
-        raise ValueError(
-            f"models {too_small} emit fewer logits than the tokenizer has tokens ({len(tokenizer)}); "
-            "resize their embeddings (model.resize_token_embeddings) or use the matching tokenizer"
-        )
-    if len(set(widths.values())) > 1:
-        raise ValueError(
-            f"teacher and student logits differ in width: {widths} (tokenizer has {len(tokenizer)} tokens). "
-            "Resize the smaller model with model.resize_token_embeddings to the larger width so that "
-            "both distributions live on the same vocabulary."
-        )
-    return next(iter(widths.values()))

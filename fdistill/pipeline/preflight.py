@@ -24,6 +24,7 @@ from fdistill.errors import ConfigError, StorageError
 from fdistill.evaluation import available_metrics
 from fdistill.models import check_same_vocab, load_tokenizer
 from fdistill.training.objectives import OBJECTIVES, objective_name
+from fdistill.training.rewards import check_reward_config
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def preflight(cfg: FdistillConfig, check_resources: bool = True) -> Preflight:
             divergence = build_divergence(cfg)
         objective = objective_name(name, distill.regime)
         needs = OBJECTIVES[objective].needs(divergence, distill)
+        if objective == "gkd_rl" and distill.rl.alpha < 1:
+            check_reward_config(distill.rl.reward, dict(distill.rl.reward_params), cfg.dataset.name)
     if not distill.enabled:
         needs = frozenset()
     if "teacher" in needs and distill.teacher_sampling == "offline" and not cfg.pipeline.teacher_sampling.enabled:

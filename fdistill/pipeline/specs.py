@@ -38,8 +38,25 @@ class StageSpecs:
         return {"name": ds.name, "train_pairs_sha256": self.train_digest,
                 "max_source_length": ds.max_source_length, "max_target_length": ds.max_target_length}
 
+    def gguf(self) -> dict:
+        """A GGUF teacher's conversion: the file's content and the transformers minor version that dequantises
+        it (transformers 4.x converted these tokenizers wrongly)."""
+        import transformers
+
+        from fdistill.models.gguf import file_sha256, gguf_location
+
+        teacher = self.cfg.pair.teacher
+        sha256 = teacher.gguf_sha256
+        if sha256 is None:
+            _, local = gguf_location(teacher.name_or_path, teacher.gguf_file, teacher.gguf_package)
+            sha256 = file_sha256(local) if local is not None else f"{teacher.name_or_path}/{teacher.gguf_file}"
+        return {"gguf_sha256": sha256, "architecture": self.cfg.pair.architecture,
+                "transformers": ".".join(transformers.__version__.split(".")[:2])}
+
     def base_teacher_identity(self) -> dict:
         pair = self.cfg.pair
+        if pair.teacher.gguf_file is not None:
+            return {"artifact_of": artifact_identity("gguf", self.gguf()), "tokenizer": pair.tokenizer}
         if pair.teacher.build is not None:
             return {"tiny_pair": {"pair": asdict(pair.teacher), "architecture": pair.architecture,
                                   "data": self.data(), "artifact_seed": self.cfg.pipeline.artifact_seed}}
