@@ -56,6 +56,8 @@ class DatasetConfig:
     data_dir: str | None = None
     max_source_length: int = 256
     max_target_length: int = 128
+    #: text put before every source (decoder-only prompts, e.g. "Describe these facts: "); null: none
+    instruction: str | None = None
     limit: SplitLimits = field(default_factory=SplitLimits)
     metrics: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
@@ -72,6 +74,12 @@ class TeacherConfig:
     num_encoder_layers: int | None = None
     num_decoder_layers: int | None = None
     build: dict[str, Any] | None = None
+    #: a GGUF file in `name_or_path` (a folder or hub repository) or in the installed Python package
+    #: `gguf_package`, dequantised once into a safetensors checkpoint (fdistill/models/gguf.py)
+    gguf_file: str | None = None
+    gguf_package: str | None = None
+    #: the file's expected sha256 (checked before use)
+    gguf_sha256: str | None = None
 
 
 @dataclass
@@ -99,14 +107,23 @@ class PairConfig:
     name: str = MISSING
     architecture: str = MISSING
     tokenizer: str | None = None
+    #: decoder-only prompts: `plain` (source + separator) or `chat` (the tokenizer's chat template)
+    prompt_format: str = "plain"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
 
     def check(self, key: str) -> None:
         _require(self.architecture in ("encoder_decoder", "decoder_only"), f"{key}.architecture",
                  self.architecture, "encoder_decoder or decoder_only")
-        _require(self.teacher.name_or_path is not None or self.teacher.build is not None, f"{key}.teacher",
-                 "name_or_path=null, build=null", "a hub id/local path (name_or_path) or a tiny-model `build` spec")
+        teacher = self.teacher
+        _require(teacher.name_or_path is not None or teacher.build is not None or teacher.gguf_package is not None,
+                 f"{key}.teacher", "name_or_path=null, build=null",
+                 "a hub id/local path (name_or_path), a GGUF package (gguf_package) or a tiny-model `build` spec")
+        _require(teacher.gguf_file is not None or (teacher.gguf_package is None and teacher.gguf_sha256 is None),
+                 f"{key}.teacher.gguf_file", None, "a file name when gguf_package or gguf_sha256 is set")
+        _require(self.prompt_format in ("plain", "chat"), f"{key}.prompt_format", self.prompt_format, "plain or chat")
+        _require(self.prompt_format == "plain" or self.architecture == "decoder_only", f"{key}.prompt_format",
+                 self.prompt_format, "plain for encoder-decoder pairs (chat templates are for decoder-only models)")
 
 
 @dataclass
@@ -230,18 +247,43 @@ class TeacherSamplingConfig:
 
 
 @dataclass
+class RLConfig:
+    """The RL term of ``regime=gkd_rl`` (GKD Sec. 3.2, Eq. 5): maximise (1−α)·E_{y∼q}[r(y)] − α·E_{y∼q}[D(p‖q)]
+    on the student's own samples; α = 1 is on-policy GKD; LLMR is α = 0 with the teacher-induced reward."""
+
+    alpha: float = 1.0
+    reward: str = "teacher_induced"          # fdistill/training/rewards.py: teacher_induced, metric, synthetic_valid, entailment
+    reward_params: dict[str, Any] = field(default_factory=dict)
+    baseline: str = "mean"                   # leave-one-out mean return (of the input's samples, else of the batch) | none
+    samples_per_input: int = 1               # student samples per input (the leave-one-out groups when > 1)
+    length_normalize: bool = False           # divide each sample's policy-gradient term by its length
+
+    def check(self, key: str) -> None:
+        _in_unit_interval(f"{key}.alpha", self.alpha)
+        _require(self.baseline in ("mean", "none"), f"{key}.baseline", self.baseline, "mean or none")
+        _require(self.samples_per_input >= 1, f"{key}.samples_per_input", self.samples_per_input, ">= 1")
+
+
+@dataclass
 class DistillConfig(TrainStageConfig):
-    """f-DISTILL (Wen et al. 2023, Eqs. 6-10) or GKD (Agarwal et al. 2024, Algorithm 1) training."""
+    """f-DISTILL (Wen et al. 2023, Eqs. 6-10), GKD (Agarwal et al. 2024, Algorithm 1) or GKD + RL (Eq. 5)
+    training; the student's sampling temperature during training is ``student_sampling.temperature``."""
 
     regime: str = "fdistill"
     lam: float = 0.0
     fixed_data: str = "references"
     teacher_sampling: str = "offline"
     student_sampling: DecodingConfig = field(default_factory=DecodingConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    #: distil on this fraction of the training inputs only (a seeded subset, nested across fractions; the
+    #: teacher keeps all of them): GKD Fig. 4's data-efficiency curve
+    data_fraction: float = 1.0
 
     def check(self, key: str) -> None:
         super().check(key)
-        _require(self.regime in ("fdistill", "gkd"), f"{key}.regime", self.regime, "fdistill or gkd")
+        _require(0 < self.data_fraction <= 1, f"{key}.data_fraction", self.data_fraction, "in (0, 1]")
+        _require(self.regime in ("fdistill", "gkd", "gkd_rl"), f"{key}.regime", self.regime,
+                 "fdistill, gkd or gkd_rl")
         _in_unit_interval(f"{key}.lam (GKD student-data fraction λ)", self.lam)
         _require(self.fixed_data in ("references", "teacher_samples"), f"{key}.fixed_data",
                  self.fixed_data, "references or teacher_samples")
@@ -257,6 +299,9 @@ class EvaluateConfig:
     decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(strategy="greedy"))
     analyses: list[str] = field(default_factory=lambda: ["risks", "teacher_dist", "exposure_bias"])
     analysis_limit: int = 500
+    #: more sampling temperatures at which the test split is decoded and scored with the dataset's metrics and
+    #: Self-BLEU (metrics "temperature_<T>/<metric>"; GKD Fig. 5's quality-diversity curve from one student)
+    sample_temperatures: list[float] = field(default_factory=list)
     bertscore_encoder: str | None = None
     moverscore_encoder: str | None = None
     bleurt_checkpoint: str | None = None
@@ -270,9 +315,11 @@ class EvaluateConfig:
         _require(self.batch_size > 0, f"{key}.batch_size", self.batch_size, "> 0")
         _require(self.analysis_limit > 0, f"{key}.analysis_limit", self.analysis_limit,
                  "a positive number of test inputs (the analyses' sample size)")
+        _require(all(t > 0 for t in self.sample_temperatures), f"{key}.sample_temperatures", self.sample_temperatures,
+                 "a list of temperatures > 0")
 
 
-ARTIFACT_KINDS = ("teacher", "student_init", "predistill", "teacher_samples")
+ARTIFACT_KINDS = ("gguf", "teacher", "student_init", "predistill", "teacher_samples", "teacher_eval")
 
 
 @dataclass

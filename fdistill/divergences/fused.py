@@ -321,3 +321,26 @@ def fused_label_log_probs(head: LinearHead, hidden: Tensor, labels: Tensor, temp
             picked = logits.gather(-1, labels[chunk].clamp_min(0).unsqueeze(-1)).squeeze(-1)
             out[chunk] = (picked - torch.logsumexp(logits, dim=-1)).masked_fill(~valid, 0.0)
     return out
+
+
+def fused_label_logits(head: LinearHead, hidden: Tensor, labels: Tensor, temperature: float = 1.0,
+                       chunk_rows: int | None = None) -> tuple[Tensor, Tensor]:
+    """(logit of the label, largest logit) per row of ``[rows, H]`` hidden states, divided by `temperature`,
+    chunk by chunk without gradient (the teacher-induced reward of LLMR reads these)."""
+    head.check(hidden, "model")
+    rows, vocab = hidden.shape[0], head.weight.shape[0]
+    matmul_dtype = _matmul_dtype(hidden)
+    weight = head.weight.to(matmul_dtype)
+    compute_dtype = torch.float64 if torch.float64 in (hidden.dtype, head.weight.dtype) else torch.float32
+    chosen = torch.empty(rows, dtype=compute_dtype, device=hidden.device)
+    best = torch.empty_like(chosen)
+    step = chunk_rows or default_chunk_rows(vocab)
+    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, rows, step):
+            chunk = slice(start, start + step)
+            logits = _logits(head, weight, hidden[chunk].to(matmul_dtype), compute_dtype)
+            if temperature != 1.0:
+                logits = logits.div_(temperature)
+            chosen[chunk] = logits.gather(-1, labels[chunk].clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            best[chunk] = logits.amax(dim=-1)
+    return chosen, best

@@ -9,10 +9,13 @@ student samples (`synthetic_sample/...`: mode averaging and mode collapse show t
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict
+from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from fdistill.config import DecodingConfig
@@ -26,6 +29,7 @@ from fdistill.evaluation import (
     write_metrics,
     write_predictions,
 )
+from fdistill.files import write_json_atomic
 from fdistill.models import load_teacher
 from fdistill.sampling import sample_targets
 
@@ -54,12 +58,12 @@ def _decode(tokenizer, targets: list[list[int]]) -> list[str]:
     return [text.strip() for text in tokenizer.batch_decode(targets, skip_special_tokens=True)]
 
 
-def run_evaluation(pipe, student_dir: str, teacher_dir: str, tokenizer, data: dict) -> dict:
+def run_evaluation(pipe, student_dir: str, teacher_ref, tokenizer, data: dict) -> dict:
     cfg, eval_cfg = pipe.cfg, pipe.cfg.pipeline.evaluate
     device = pipe.accelerator.device
     start = time.perf_counter()
     student = load_teacher(student_dir, cfg.pair.architecture).to(device).eval()
-    teacher = load_teacher(teacher_dir, cfg.pair.architecture).to(device).eval()
+    teacher = load_teacher(teacher_ref.path, cfg.pair.architecture).to(device).eval()
     collator = data["collator_factory"](tokenizer)
     examples = data["eval_examples"]
     source_ids = collator.encode_sources([ex.source for ex in examples])
@@ -74,14 +78,24 @@ def run_evaluation(pipe, student_dir: str, teacher_dir: str, tokenizer, data: di
 
     task = SyntheticTask(**dict(cfg.dataset.params)) if cfg.dataset.name == "synthetic" else None
     sources = [ex.source for ex in examples]
-    metrics, metadata = evaluate_predictions(
-        predictions, [list(ex.references) for ex in examples], list(cfg.dataset.metrics),
-        bertscore_encoder=eval_cfg.bertscore_encoder, moverscore_encoder=eval_cfg.moverscore_encoder,
-        bleurt_checkpoint=eval_cfg.bleurt_checkpoint, synthetic_task=task, sources=sources)
+    references = [list(ex.references) for ex in examples]
+    scoring = {"bertscore_encoder": eval_cfg.bertscore_encoder, "moverscore_encoder": eval_cfg.moverscore_encoder,
+               "bleurt_checkpoint": eval_cfg.bleurt_checkpoint, "synthetic_task": task, "sources": sources}
+    metrics, metadata = evaluate_predictions(predictions, references, list(cfg.dataset.metrics), **scoring)
+    for temperature in eval_cfg.sample_temperatures:  # GKD Fig. 5: quality vs diversity over temperatures
+        decoding = DecodingConfig(strategy="sample", temperature=temperature,
+                                  max_new_tokens=eval_cfg.decoding.max_new_tokens)
+        sampled = _decode(tokenizer, sample_targets(student, collator, source_ids, decoding,
+                                                    seed=cfg.seed * 100_003 + int(temperature * 1000),
+                                                    batch_size=eval_cfg.batch_size))
+        names = list(dict.fromkeys([*cfg.dataset.metrics, "self_bleu"]))
+        scores, _ = evaluate_predictions(sampled, references, names, **scoring)
+        metrics.update({f"temperature_{temperature:g}/{key}": value for key, value in scores.items()})
     if task is not None and "synthetic_exact" not in cfg.dataset.metrics:
         metrics.update(synthetic_exact_metrics(task, sources, predictions))
 
-    metrics.update(_analyses(pipe, teacher, student, collator, tokenizer, examples, source_ids, task))
+    metrics.update(_analyses(pipe, teacher, teacher_ref, student, collator, tokenizer, examples, source_ids, task,
+                             data))
     metadata.update({
         "decoding": asdict(eval_cfg.decoding), "split": eval_cfg.split, "num_examples": len(examples),
         "analysis_examples": min(eval_cfg.analysis_limit, len(examples)), "divergence": asdict(cfg.divergence),
@@ -97,10 +111,40 @@ def run_evaluation(pipe, student_dir: str, teacher_dir: str, tokenizer, data: di
     return metrics
 
 
-def _analyses(pipe, teacher, student, collator, tokenizer, examples, source_ids, task) -> dict:
-    """f-DISTILL Table 3 risks and TeacherDist, exposure-bias ExError, synthetic exact metrics of samples."""
+def teacher_side(pipe, teacher, teacher_ref, collator, ids, data: dict) -> dict:
+    """What the analyses need of the teacher alone: one temperature-1 sample per analysed input and
+    TeacherDist. They depend on the teacher, the inputs and the seed, not on the student, so they are built
+    once per sweep (artifact ``teacher_eval``) instead of once per method (at LLM scale, most of the
+    evaluation's time)."""
     eval_cfg = pipe.cfg.pipeline.evaluate
-    if not eval_cfg.analyses and task is None:
+    spec = {"teacher": teacher_ref.identity, "eval_examples_sha256": data["eval_digest"], "inputs": len(ids),
+            "max_new_tokens": eval_cfg.decoding.max_new_tokens, "seed": pipe.cfg.seed,
+            "teacher_dist": "teacher_dist" in eval_cfg.analyses, "prompt": [pipe.cfg.pair.prompt_format,
+                                                                            pipe.cfg.dataset.instruction]}
+
+    def build(work_dir: Path) -> None:
+        decoding = DecodingConfig(strategy="sample", temperature=1.0, max_new_tokens=eval_cfg.decoding.max_new_tokens)
+        samples = sample_targets(teacher, collator, ids, decoding, seed=pipe.cfg.seed + 29,
+                                 batch_size=eval_cfg.batch_size)
+        result = {"samples": samples}
+        if spec["teacher_dist"]:
+            torch.manual_seed(pipe.cfg.seed + 31)
+            result["teacher_dist"] = teacher_distinct_bigrams(teacher, collator, ids, num_samples=5,
+                                                              max_new_tokens=eval_cfg.decoding.max_new_tokens,
+                                                              batch_size=eval_cfg.batch_size)
+        write_json_atomic(work_dir / "teacher_eval.json", result)
+
+    inputs = [teacher_ref.artifact] if teacher_ref.artifact is not None else []
+    artifact = pipe.cache.get_or_build("teacher_eval", spec, build, inputs=inputs)
+    return json.loads((artifact.path / "teacher_eval.json").read_text())
+
+
+def _analyses(pipe, teacher, teacher_ref, student, collator, tokenizer, examples, source_ids, task, data) -> dict:
+    """f-DISTILL Table 3 risks and TeacherDist, exposure-bias ExError, synthetic exact metrics of samples, and
+    the RL objective's reward of the student's samples."""
+    eval_cfg = pipe.cfg.pipeline.evaluate
+    rl = pipe.cfg.pipeline.distill.regime == "gkd_rl" and pipe.cfg.pipeline.distill.rl.alpha < 1
+    if not eval_cfg.analyses and task is None and not rl:
         return {}
     limit = min(eval_cfg.analysis_limit, len(examples))
     sources, ids = [ex.source for ex in examples[:limit]], source_ids[:limit]
@@ -108,23 +152,51 @@ def _analyses(pipe, teacher, student, collator, tokenizer, examples, source_ids,
     unit_temperature = DecodingConfig(strategy="sample", temperature=1.0, max_new_tokens=eval_cfg.decoding.max_new_tokens)
     student_samples = sample_targets(student, collator, ids, unit_temperature, seed=pipe.cfg.seed + 17,
                                      batch_size=eval_cfg.batch_size)
-    teacher_samples = sample_targets(teacher, collator, ids, unit_temperature, seed=pipe.cfg.seed + 29,
-                                     batch_size=eval_cfg.batch_size)
+    cached = teacher_side(pipe, teacher, teacher_ref, collator, ids, data)
+    teacher_samples = cached["samples"]
     out: dict = {}
     if "risks" in eval_cfg.analyses:
         risks = likelihood_coverage_risk(teacher, student, collator, ids, student_samples=student_samples,
                                          teacher_samples=teacher_samples, **options)
         out.update({f"risk/{k}": v for k, v in risks.items()})
     if "teacher_dist" in eval_cfg.analyses:
-        out["teacher_dist"] = teacher_distinct_bigrams(teacher, collator, ids, num_samples=5, **options)
+        out["teacher_dist"] = cached["teacher_dist"]
     if "exposure_bias" in eval_cfg.analyses:
         exposure = exposure_bias_excess_error(teacher, student, collator, ids, student_samples=student_samples,
                                               reference_target_ids=teacher_samples, **options)
         out.update({f"exposure/{k}": v for k, v in exposure.items()})
+    decoded = _decode(tokenizer, student_samples)
     if task is not None:
-        decoded = _decode(tokenizer, student_samples)
         out.update({f"synthetic_sample/{k}": v for k, v in synthetic_exact_metrics(task, sources, decoded).items()})
+    if rl:
+        out["rl/reward"] = rl_reward(pipe, teacher, collator, examples[:limit], ids, student_samples, decoded, task)
     return out
+
+
+def rl_reward(pipe, teacher, collator, examples, ids, samples, decoded, task) -> float:
+    """Mean return of the training reward (`pipeline.distill.rl.reward`) over the temperature-1 student
+    samples of the analysed inputs (GKD Fig. 6's reward axis)."""
+    from fdistill.training.objectives import TokenLoss
+    from fdistill.training.rewards import RewardInputs, build_reward
+
+    rl = pipe.cfg.pipeline.distill.rl
+    reward = build_reward(rl.reward, rl.reward_params, task=task)
+    total, count = 0.0, 0
+    step = pipe.cfg.pipeline.evaluate.batch_size
+    device = next(teacher.parameters()).device
+    for start in range(0, len(ids), step):
+        rows = slice(start, start + step)
+        batch = {key: value.to(device) for key, value in collator.from_ids(ids[rows], samples[rows]).items()}
+        chosen = best = None
+        if reward.needs_teacher_logits:
+            with torch.no_grad():
+                chosen, best = TokenLoss(teacher, fused=False, vocab_size=len(collator.tokenizer)).teacher_chosen_and_best(
+                    batch, float(reward.params.get("temperature", 1.0)))
+        rewards = reward.per_token(RewardInputs(batch, [ex.source for ex in examples[rows]], decoded[rows],
+                                                [list(ex.references) for ex in examples[rows]], chosen, best))
+        total += float(rewards.sum())
+        count += rewards.shape[0]
+    return total / max(1, count)
 
 
 def _format(value) -> str:

@@ -25,7 +25,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from fdistill.config import FdistillConfig, validate_config
-from fdistill.data import load_from_config, training_pairs
+from fdistill.data import SyntheticTask, load_from_config, training_pairs
 from fdistill.files import write_json_atomic
 from fdistill.logs import quiet_libraries
 from fdistill.models import (
@@ -36,6 +36,7 @@ from fdistill.models import (
     student_from_pair_config,
     supports_fused_head,
 )
+from fdistill.models.gguf import check_sha256, convert_gguf, gguf_location
 from fdistill.pipeline.cache import Artifact, ArtifactCache
 from fdistill.pipeline.evaluate_stage import run_evaluation
 from fdistill.pipeline.preflight import Preflight, check_pair, preflight
@@ -132,14 +133,20 @@ class Pipeline:
             tokenizer.save_pretrained(out_dir)
         self.accelerator.wait_for_everyone()
 
-    def _token_loss(self, stage: str, teacher, student) -> TokenLoss:
-        """The loss computer of a stage: the fused lm-head path where both models' heads are supported."""
+    def _token_loss(self, stage: str, teacher, student, tokenizer) -> TokenLoss:
+        """The loss computer of a stage: the fused lm-head path where both models' heads are supported, over
+        the tokenizer's vocabulary (rows a checkpoint pads its vocabulary with are ignored)."""
         models = [model for model in (teacher, student) if model is not None]
         fused = self.cfg.pipeline.fused_lm_head and all(supports_fused_head(model) for model in models)
         if self.cfg.pipeline.fused_lm_head and not fused:
             self._info("[%s] model type %s has no fused lm-head support: losses on materialised logits", stage,
                        sorted({model.config.model_type for model in models}))
-        return TokenLoss(teacher, fused=fused)
+        rows = {model.get_output_embeddings().weight.shape[0] for model in models}
+        vocab_size = len(tokenizer) if max(rows) > len(tokenizer) else None
+        if len(rows) > 1 or vocab_size is not None:
+            self._info("[%s] heads of %s rows, tokenizer of %d: distilling over the tokenizer's %d entries", stage,
+                       sorted(rows), len(tokenizer), len(tokenizer))
+        return TokenLoss(teacher, fused=fused, vocab_size=vocab_size)
 
     def _finish_artifact_build(self, model, tokenizer, work_dir: Path) -> None:
         """Save the trained model and drop the stage's training checkpoints (3x the model's size) from the
@@ -187,11 +194,13 @@ class Pipeline:
         return {"train_examples": train_examples, "pairs": pairs, "eval_examples": eval_examples,
                 "eval_digest": _digest_rows(eval_rows),
                 "collator_factory": lambda tok: SeqCollator(tok, self.checked.is_encoder_decoder,
-                                                            ds.max_source_length, ds.max_target_length)}
+                                                            ds.max_source_length, ds.max_target_length,
+                                                            self.cfg.pair.prompt_format, ds.instruction)}
 
     def stage_teacher(self, data: dict) -> tuple[object, ModelRef]:
         """teacher_sft: MLE fine-tuning of the teacher on the training pairs (or the given fine-tuned one)."""
         cfg, pair = self.cfg, self.cfg.pair
+        gguf = None
         if pair.teacher.build is not None:
             # tiny pair: tokenizer and random-init teacher built from the training texts (same load path after)
             texts = [text for _, source, target in data["pairs"] for text in (source, target)]
@@ -201,12 +210,16 @@ class Pipeline:
                 base_dir = str(prepare_tiny_pair(OmegaConf.to_container(self.raw.pair, resolve=True), texts,
                                                  Path(cfg.paths.cache_dir) / "tiny"))
             tokenizer_source = base_dir
+        elif pair.teacher.gguf_file is not None:
+            gguf = self.stage_gguf()
+            base_dir = str(gguf.path / "model")
+            tokenizer_source = pair.tokenizer or base_dir
         else:
             base_dir = pair.teacher.name_or_path
             tokenizer_source = pair.tokenizer or pair.teacher.name_or_path
         tokenizer = load_tokenizer(tokenizer_source)
         check_pair(cfg, tokenizer, base_dir)
-        base = ModelRef(base_dir, self.specs.base_teacher_identity())
+        base = ModelRef(base_dir, self.specs.base_teacher_identity(), gguf)
         if self.specs.sft_skipped():
             self._mark("teacher_sft", {"teacher": base.identity}, {}, {"skipped": True, "teacher": base_dir})
             return tokenizer, base
@@ -219,14 +232,30 @@ class Pipeline:
             training = self._training_set(tokenizer, data)
             sources = self._sources(collator, training, sft.batch_size, cfg.pipeline.artifact_seed)
             objective = NllObjective(divergence=None, distill=cfg.pipeline.distill, sources=sources, seed=0,
-                                     token_loss=self._token_loss("teacher_sft", None, teacher))
+                                     token_loss=self._token_loss("teacher_sft", None, teacher, tokenizer))
             self._train_stage("teacher_sft", teacher, objective, sft, len(training.pair_target_ids), work_dir)
             self._finish_artifact_build(teacher, tokenizer, work_dir)
 
-        artifact = self.cache.get_or_build("teacher", spec, build, self.accelerator)
+        artifact = self.cache.get_or_build("teacher", spec, build, self.accelerator, inputs=_inputs(base))
         self._mark_artifact_stage("teacher_sft", artifact)
         teacher_dir = str(artifact.path / "model")
         return load_tokenizer(teacher_dir), ModelRef(teacher_dir, artifact.identity, artifact)
+
+    def stage_gguf(self) -> Artifact:
+        """A GGUF teacher dequantised once into a safetensors checkpoint, keyed by the file's hash."""
+        teacher = self.cfg.pair.teacher
+        location, local_file = gguf_location(teacher.name_or_path, teacher.gguf_file, teacher.gguf_package)
+        if local_file is not None and self.is_main:
+            check_sha256(local_file, teacher.gguf_sha256)
+
+        def build(work_dir: Path) -> None:
+            if self.is_main:
+                convert_gguf(location, teacher.gguf_file, self.cfg.pair.architecture, work_dir / "model")
+
+        artifact = self.cache.get_or_build("gguf", self.specs.gguf(), build, self.accelerator)
+        self._mark("gguf", artifact.spec, {f"{artifact.kind}/{artifact.key}": artifact.content},
+                   {"artifact": str(artifact.path), "key": artifact.key})
+        return artifact
 
     def _mark(self, stage: str, spec: dict, inputs: dict, info: dict) -> None:
         if self.is_main:
@@ -264,7 +293,7 @@ class Pipeline:
             training = self._training_set(tokenizer, data)
             sources = self._sources(collator, training, cfg.batch_size, self.cfg.pipeline.artifact_seed)
             objective = PredistillObjective(cfg, teacher_model, sources,
-                                            self._token_loss("predistill", teacher_model, student_model))
+                                            self._token_loss("predistill", teacher_model, student_model, tokenizer))
             self._train_stage("predistill", student_model, objective, cfg, len(training.pair_target_ids), work_dir)
             self._finish_artifact_build(student_model, tokenizer, work_dir)
 
@@ -326,11 +355,13 @@ class Pipeline:
         sources = self._sources(data["collator_factory"](tokenizer), training, cfg.batch_size, self.cfg.seed,
                                 teacher=teacher_model, teacher_samples=teacher_samples,
                                 teacher_decoding=self.cfg.pipeline.teacher_sampling.decoding if online else None,
-                                student_decoding=cfg.student_sampling, fixed_data=cfg.fixed_data)
+                                student_decoding=cfg.student_sampling, fixed_data=cfg.fixed_data,
+                                data_fraction=cfg.data_fraction)
+        task = SyntheticTask(**dict(self.cfg.dataset.params)) if self.cfg.dataset.name == "synthetic" else None
         objective = build_objective(objective_name(self.cfg.divergence.name, cfg.regime),
                                     divergence=self.checked.divergence, distill=cfg, sources=sources,
-                                    seed=self.cfg.seed,
-                                    token_loss=self._token_loss("distill", teacher_model, student_model))
+                                    seed=self.cfg.seed, context={"task": task},
+                                    token_loss=self._token_loss("distill", teacher_model, student_model, tokenizer))
         num_items = len(teacher_samples) if teacher_samples is not None else len(training.pair_target_ids)
         self._train_stage("distill", student_model, objective, cfg, num_items, work_dir)
         self._write_process_record(student_model, objective)
@@ -363,7 +394,7 @@ class Pipeline:
                 result = json.loads(metrics_path.read_text())
             else:
                 log.info("[evaluate] %s split, %d inputs", cfg.split, len(data["eval_examples"]))
-                result = run_evaluation(self, student_dir, teacher.path, tokenizer, data)
+                result = run_evaluation(self, student_dir, teacher, tokenizer, data)
                 self.rundir.complete("evaluate", spec, inputs, {"metrics": str(metrics_path)})
         self.accelerator.wait_for_everyone()
         return result

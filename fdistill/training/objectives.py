@@ -10,6 +10,9 @@ lm-head path where the logits never exist in full).
   averaged over valid tokens. The coin depends only on (seed, micro-step): identical on every process and
   after a resume.
 * ``nll``: MLE on the fixed dataset (teacher fine-tuning; the `mle` and `seqkd` baselines).
+* ``gkd_rl`` (Agarwal et al. 2024, Sec. 3.2 Eq. 5): on the student's own samples, minimise
+  α·E[D(p‖q)] − (1−α)·E[r] (REINFORCE with a leave-one-out baseline, `rewards.py`); α = 1 is on-policy GKD
+  exactly; LLMR (teacher-induced reward, per-token credit) is α = 0 with ``reward=teacher_induced``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 
 from fdistill.config import DecodingConfig, DistillConfig
 from fdistill.divergences import Divergence, masked_mean, sum_per_sequence
-from fdistill.divergences.fused import fused_label_log_probs, fused_loss
+from fdistill.divergences.fused import fused_label_log_probs, fused_label_logits, fused_loss
 from fdistill.models import (
     head_inputs_and_hidden_states,
     output_head,
@@ -41,11 +44,15 @@ REDUCTIONS = ("sequence", "token")  # mean over sequences of per-sequence sums |
 
 @dataclass
 class TrainingSet:
-    """Token ids of the training split: one pair per reference, plus the distinct inputs."""
+    """Token ids of the training split: one pair per reference, plus the distinct inputs (with their texts
+    and references, which rewards read)."""
 
     pair_source_ids: list[list[int]]
     pair_target_ids: list[list[int]]
     example_source_ids: list[list[int]]
+    example_sources: list[str] | None = None
+    example_references: list[list[str]] | None = None
+    pair_example_index: list[int] | None = None  # the input each pair belongs to
 
 
 def prefix_log_probs(token_log_probs: torch.Tensor) -> torch.Tensor:
@@ -70,15 +77,21 @@ class BatchSources:
     def __init__(self, *, collator, data: TrainingSet, batch_size: int, seed: int, device, rank: int = 0,
                  world_size: int = 1, teacher=None, teacher_samples: datasets.Dataset | None = None,
                  teacher_decoding: DecodingConfig | None = None, student_decoding: DecodingConfig | None = None,
-                 fixed_data: str = "references") -> None:
+                 fixed_data: str = "references", data_fraction: float = 1.0) -> None:
         self.collator, self.data, self.teacher_model, self.device = collator, data, teacher, device
         self.teacher_decoding, self.student_decoding = teacher_decoding, student_decoding
         self.fixed_data, self.seed, self.rank = fixed_data, seed, rank
         self.teacher_samples = teacher_samples
-        self.reference_sampler = StepSampler(len(data.pair_target_ids), batch_size, seed, rank, world_size)
-        self.example_sampler = StepSampler(len(data.example_source_ids), batch_size, seed + 1, rank, world_size)
+        examples = _fraction_of(len(data.example_source_ids), data_fraction)
+        kept = set(examples)
+        pairs = [index for index, example in enumerate(data.pair_example_index or range(len(data.pair_target_ids)))
+                 if data_fraction == 1.0 or example in kept]
+        self.reference_sampler = _Subset(pairs, StepSampler(len(pairs), batch_size, seed, rank, world_size))
+        self.example_sampler = _Subset(examples, StepSampler(len(examples), batch_size, seed + 1, rank, world_size))
         if teacher_samples is not None:
-            self.sample_sampler = StepSampler(len(teacher_samples), batch_size, seed + 2, rank, world_size)
+            rows = list(range(len(teacher_samples))) if data_fraction == 1.0 else \
+                [row for row, example in enumerate(teacher_samples["example_index"]) if example in kept]
+            self.sample_sampler = _Subset(rows, StepSampler(len(rows), batch_size, seed + 2, rank, world_size))
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -106,14 +119,44 @@ class BatchSources:
 
     def student(self, student, micro_step: int) -> dict:
         """On-policy student samples, generated without gradient (GKD Algorithm 1, line 4)."""
-        sources = [self.data.example_source_ids[i] for i in self.example_sampler(micro_step)]
-        targets = sample_targets(_unwrap(student), self.collator, sources, self.student_decoding,
+        return self.student_samples(student, micro_step)[0]
+
+    def student_samples(self, student, micro_step: int, num_samples: int = 1) -> tuple[dict, list[int], list[list[int]]]:
+        """(batch, example index per row, sampled target ids): `num_samples` consecutive rows per input."""
+        examples = self.example_sampler(micro_step)
+        sources = [self.data.example_source_ids[i] for i in examples]
+        targets = sample_targets(_unwrap(student), self.collator, sources, self.student_decoding, num_samples,
                                  seed=self._generation_seed(micro_step))
-        return self._to_device(self.collator.from_ids(sources, targets))
+        rows = [index for index in examples for _ in range(num_samples)]
+        batch = self.collator.from_ids([self.data.example_source_ids[i] for i in rows], targets)
+        return self._to_device(batch), rows, targets
 
     def fixed(self, micro_step: int) -> dict:
         """GKD's fixed dataset: the references, or teacher samples (SeqKD-style)."""
         return self.references(micro_step) if self.fixed_data == "references" else self.teacher(micro_step)
+
+
+def _fraction_of(count: int, fraction: float) -> list[int]:
+    """The first ⌈fraction·count⌉ of a fixed permutation (seed 0), in order: the same subset for every method
+    of a sweep, and smaller fractions are subsets of larger ones."""
+    if fraction == 1.0:
+        return list(range(count))
+    import math
+
+    import numpy as np
+
+    keep = max(1, math.ceil(fraction * count))
+    return sorted(int(index) for index in np.random.default_rng(0).permutation(count)[:keep])
+
+
+class _Subset:
+    """A StepSampler over positions of `items`, returning the items."""
+
+    def __init__(self, items: list[int], sampler: StepSampler) -> None:
+        self.items, self.sampler = items, sampler
+
+    def __call__(self, micro_step: int) -> list[int]:
+        return [self.items[position] for position in self.sampler(micro_step)]
 
 
 def _unwrap(model):
@@ -212,6 +255,34 @@ class TokenLoss:
                 logs["mle"] = float(ce.mean())
         return loss, logs, {"student": states, "teacher": teacher_states}
 
+    def weighted_nll(self, model, batch: dict, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_{b,t} weights[b, t]·(−log q(y_t)) over valid tokens, with gradient: the REINFORCE surrogate when the
+        weights are −advantages (fused: without materialising the logits)."""
+        valid = _valid(batch)
+        if self.fused:
+            hidden, _ = self._hidden(model, batch)
+            loss, _, _ = fused_loss(None, "both", output_head(model, self.vocab_size), hidden[valid], None, None,
+                                    None, labels=batch["labels"][valid], ce_weights=weights[valid].float())
+            return loss
+        logits = self._logits(model, batch)
+        nll = F.cross_entropy(logits.transpose(1, 2).float(), batch["labels"], ignore_index=IGNORE_INDEX,
+                              reduction="none")
+        return (nll * weights * valid).sum()
+
+    @torch.no_grad()
+    @torch.no_grad()
+    def teacher_chosen_and_best(self, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's logit of every label and its largest logit, per position ([B, T] each), over the
+        tokenizer's vocabulary: what the teacher-induced reward reads (chunked when fused; no gradient)."""
+        if not self.fused:
+            logits = self._logits(self.teacher, batch).float() / temperature
+            return logits.gather(-1, batch["labels"].clamp_min(0).unsqueeze(-1)).squeeze(-1), logits.amax(-1)
+        hidden, _ = self._hidden(self.teacher, batch)
+        head = output_head(self.teacher, self.vocab_size)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        chosen, best = fused_label_logits(head, flat, batch["labels"].reshape(-1), temperature)
+        return chosen.reshape(batch["labels"].shape), best.reshape(batch["labels"].shape)
+
     def nll(self, model, batch: dict) -> torch.Tensor:
         """Token-averaged negative log-likelihood of the batch labels (MLE)."""
         if self.fused:
@@ -256,9 +327,10 @@ class Objective:
     name: ClassVar[str]
 
     def __init__(self, *, divergence: Divergence | None, distill: DistillConfig, token_loss: TokenLoss,
-                 sources: BatchSources, seed: int) -> None:
+                 sources: BatchSources, seed: int, context: dict | None = None) -> None:
+        """`context`: what the pipeline knows beyond the config (the synthetic task, for its exact reward)."""
         self.div, self.distill, self.token_loss = divergence, distill, token_loss
-        self.sources, self.seed = sources, seed
+        self.sources, self.seed, self.context = sources, seed, context or {}
         self.on_policy_micro_steps: list[int] = []  # micro-steps this process trained on student samples
 
     @staticmethod
@@ -326,6 +398,55 @@ class GkdObjective(Objective):
         return loss, {"on_policy": float(on_policy)}
 
 
+@register_objective("gkd_rl")
+class GkdRlObjective(Objective):
+    """GKD + RL (Agarwal et al. 2024, Sec. 3.2 Eq. 5) on the student's own samples:
+    loss = α·masked_mean(D(p‖q)) − (1−α)·(1/B)·Σ_b Σ_t (G_{b,t} − baseline_b)·log q(y_{b,t})
+    with G the reward-to-go of the per-token rewards (a sequence reward: the whole reward at every step) and a
+    leave-one-out mean baseline; the policy-gradient term is the REINFORCE surrogate (no gradient flows
+    through the sampling or the rewards). α = 1: exactly on-policy GKD (λ = 1)."""
+
+    def __init__(self, **kwargs) -> None:
+        from fdistill.training.rewards import build_reward
+
+        super().__init__(**kwargs)
+        self.rl = self.distill.rl
+        self.reward = build_reward(self.rl.reward, self.rl.reward_params, **self.context)
+
+    @staticmethod
+    def needs(divergence, distill):
+        return frozenset({"student"})
+
+    def __call__(self, student, micro_step):
+        from fdistill.training.rewards import RewardInputs, advantages
+
+        rl = self.rl
+        batch, rows, targets = self.sources.student_samples(student, micro_step, rl.samples_per_input)
+        self.on_policy_micro_steps.append(micro_step)
+        loss = torch.zeros((), device=self.sources.device)
+        logs: dict[str, float] = {}
+        if rl.alpha > 0:
+            divergence, _, _ = self.token_loss.divergence(self.div, "both", student, batch, "token")
+            loss, logs["divergence"] = loss + rl.alpha * divergence, float(divergence.detach())
+        if rl.alpha == 1:  # on-policy GKD exactly: no reward term
+            return loss, logs
+        data = self.sources.data
+        chosen = best = None
+        if self.reward.needs_teacher_logits:
+            chosen, best = self.token_loss.teacher_chosen_and_best(batch, float(self.reward.params.get("temperature", 1.0)))
+        outputs = [text.strip() for text in self.sources.collator.tokenizer.batch_decode(targets, skip_special_tokens=True)]
+        rewards = self.reward.per_token(RewardInputs(
+            batch=batch, sources=[data.example_sources[i] for i in rows] if data.example_sources else [],
+            outputs=outputs, references=[data.example_references[i] for i in rows] if data.example_references else None,
+            teacher_chosen=chosen, teacher_best=best))
+        valid = _valid(batch)
+        advantage = advantages(rewards, valid, rl.baseline, rl.samples_per_input, rl.length_normalize)
+        weights = advantage * (-(1 - rl.alpha) / batch["labels"].shape[0])  # minimise −(1−α)·E[A·log q]
+        loss = loss + self.token_loss.weighted_nll(student, batch, weights.detach())
+        logs["reward"] = float((rewards * valid).sum(-1).mean())
+        return loss, logs
+
+
 def build_objective(name: str, **kwargs) -> Objective:
     if name not in OBJECTIVES:
         raise KeyError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)}")
@@ -334,6 +455,10 @@ def build_objective(name: str, **kwargs) -> Objective:
 
 def encode_pairs(collator, pairs: Sequence[tuple[str, str, str]], examples: Sequence) -> TrainingSet:
     """Tokenise the training pairs (one per reference) and the distinct inputs once, up front."""
+    position = {getattr(ex, "id", index): index for index, ex in enumerate(examples)}
     return TrainingSet(pair_source_ids=collator.encode_sources([source for _, source, _ in pairs]),
                        pair_target_ids=collator.encode_targets([target for _, _, target in pairs]),
-                       example_source_ids=collator.encode_sources([ex.source for ex in examples]))
+                       example_source_ids=collator.encode_sources([ex.source for ex in examples]),
+                       example_sources=[ex.source for ex in examples],
+                       example_references=[list(ex.references) for ex in examples],
+                       pair_example_index=[position.get(pair_id, 0) for pair_id, _, _ in pairs])
