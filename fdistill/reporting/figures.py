@@ -69,15 +69,54 @@ def plot_student_size(aggregated: pd.DataFrame, metric: str, out_stem: str | Pat
                       title=f"{metric} vs student size")
 
 
+TEMPERATURE_PREFIX = "temperature_"
+
+
+def _temperature_points(aggregated: pd.DataFrame, metric: str, series_key: str) -> pd.DataFrame:
+    """(series, x = temperature, y, yerr) from metrics ``temperature_<T>/<metric>`` that one evaluation wrote
+    for each of its sampling temperatures (``pipeline.evaluate.sample_temperatures``)."""
+    rows = aggregated[aggregated["metric"].str.startswith(TEMPERATURE_PREFIX)
+                      & aggregated["metric"].str.endswith(f"/{metric}") & (aggregated["n"] > 0)]
+    temperatures = rows["metric"].str.slice(len(TEMPERATURE_PREFIX)).str.split("/").str[0].astype(float)
+    series = rows[series_key] if series_key in rows else rows["method"]
+    return pd.DataFrame({"series": series, "x": temperatures, "y": rows["mean"], "yerr": rows["std"]})
+
+
 def plot_quality_diversity(aggregated: pd.DataFrame, quality_metric: str, diversity_metric: str,
-                           out_stem: str | Path, temperature_key: str = "pipeline.evaluate.decoding.temperature",
+                           out_stem: str | Path, temperature_key: str | None = None,
                            series_key: str = "divergence") -> list[Path]:
-    """GKD Fig. 5 style: quality (y) vs Self-BLEU (x) per method, one point per sampling temperature."""
-    quality = _metric_points(aggregated, quality_metric, temperature_key, series_key)
-    diversity = _metric_points(aggregated, diversity_metric, temperature_key, series_key)
+    """GKD Fig. 5 style: quality (y) vs Self-BLEU (x) per method, one point per sampling temperature: from one
+    job per temperature (`temperature_key`, an override), or from the ``temperature_<T>/...`` metrics every job
+    wrote for several temperatures (`temperature_key=None`)."""
+    if temperature_key is None:
+        quality = _temperature_points(aggregated, quality_metric, series_key)
+        diversity = _temperature_points(aggregated, diversity_metric, series_key)
+    else:
+        quality = _metric_points(aggregated, quality_metric, temperature_key, series_key)
+        diversity = _metric_points(aggregated, diversity_metric, temperature_key, series_key)
     points = quality.merge(diversity, on=["series", "x"], suffixes=("", "_diversity"))
     points = pd.DataFrame({"series": points["series"], "x": points["y_diversity"], "y": points["y"],
                            "yerr": points["yerr"], "temperature": points["x"].map(lambda t: f"T={t:g}")})
     return plot_lines(points, out_stem, xlabel=f"{diversity_metric} (lower = more diverse)",
                       ylabel=quality_metric, title="quality vs diversity over temperatures",
                       label_column="temperature")
+
+
+def plot_data_fraction(aggregated: pd.DataFrame, metric: str, out_stem: str | Path,
+                       fraction_key: str = "pipeline.distill.data_fraction", series_key: str = "divergence") -> list[Path]:
+    """GKD Fig. 4 style: ``metric`` vs the fraction of the training data the student is distilled on."""
+    points = _metric_points(aggregated, metric, fraction_key, series_key)
+    return plot_lines(points, out_stem, xlabel="training-data fraction used for distillation", ylabel=metric,
+                      title=f"{metric} vs training data")
+
+
+def plot_reward_tradeoff(aggregated: pd.DataFrame, reward_metric: str, quality_metric: str, out_stem: str | Path,
+                         alpha_key: str = "pipeline.distill.rl.alpha", series_key: str = "divergence") -> list[Path]:
+    """GKD Fig. 6 style: the reward (x) against distillation quality (y), one point per α of Eq. 5."""
+    reward = _metric_points(aggregated, reward_metric, alpha_key, series_key)
+    quality = _metric_points(aggregated, quality_metric, alpha_key, series_key)
+    points = reward.merge(quality, on=["series", "x"], suffixes=("_reward", ""))
+    points = pd.DataFrame({"series": points["series"], "x": points["y_reward"], "y": points["y"],
+                           "yerr": points["yerr"], "alpha": points["x"].map(lambda a: f"α={a:g}")})
+    return plot_lines(points, out_stem, xlabel=f"{reward_metric} (the reward)", ylabel=quality_metric,
+                      title="reward vs distillation quality over α", label_column="alpha")
