@@ -18,6 +18,7 @@ from dataclasses import asdict
 
 from fdistill.config import FdistillConfig
 from fdistill.pipeline.cache import checkpoint_fingerprint, config_hash
+from fdistill.sampling import SAMPLER_VERSION
 
 
 def artifact_identity(kind: str, spec: dict) -> dict:
@@ -33,10 +34,12 @@ class StageSpecs:
 
     def data(self) -> dict:
         """What the shared artifacts depend on in the data: the training pairs themselves (by content, so
-        evaluation-only settings such as the test size never retrain a teacher) and the truncation."""
+        evaluation-only settings such as the test size never retrain a teacher), the truncation and how a
+        source becomes a prompt (format and instruction)."""
         ds = self.cfg.dataset
         return {"name": ds.name, "train_pairs_sha256": self.train_digest,
-                "max_source_length": ds.max_source_length, "max_target_length": ds.max_target_length}
+                "max_source_length": ds.max_source_length, "max_target_length": ds.max_target_length,
+                "prompt": [self.cfg.pair.prompt_format, ds.instruction]}
 
     def gguf(self) -> dict:
         """A GGUF teacher's conversion: the file's content and the transformers minor version that dequantises
@@ -92,7 +95,7 @@ class StageSpecs:
     def teacher_samples(self, teacher_identity: dict) -> dict:
         pipe = self.cfg.pipeline
         return {"teacher": teacher_identity, "sampling": asdict(pipe.teacher_sampling), "data": self.data(),
-                "artifact_seed": pipe.artifact_seed}
+                "artifact_seed": pipe.artifact_seed, "sampler": SAMPLER_VERSION}
 
     def distill(self, student_identity: dict, teacher_identity: dict, samples_identity: dict | None) -> dict:
         pipe = self.cfg.pipeline

@@ -34,24 +34,39 @@ def decoding_kwargs(decoding: DecodingConfig) -> dict:
     return kwargs
 
 
+#: how sample_targets orders and seeds its batches; part of the keys of cached samples
+SAMPLER_VERSION = "length-sorted-v1"
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of `batch_size`, sorted by length (stable), so a batch pads little."""
+    order = sorted(range(len(lengths)), key=lambda row: lengths[row])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def sample_targets(model, collator, source_ids: Sequence[Sequence[int]], decoding: DecodingConfig,
-                   num_samples: int = 1, seed: int | None = None, batch_size: int | None = None) -> list[list[int]]:
-    """Generate `num_samples` targets per source (grouped per source) with the model in eval mode, in
-    batches of `batch_size` sources (all at once when None). The model's train/eval mode is restored
-    afterwards, so this can run inside a training step."""
+                   num_samples: int = 1, seed: int | None = None, batch_size: int | None = None,
+                   desc: str | None = None) -> list[list[int]]:
+    """Generate `num_samples` targets per source (grouped per source, in input order) with the model in eval
+    mode. Sources are batched `batch_size` at a time (all at once when None) in order of prompt length, so
+    left padding stays short (prefill and attention cost follow the longest prompt of a batch); batch i is
+    seeded with `seed + i`. The model's train/eval mode is restored afterwards, so this can run inside a
+    training step. `desc` shows a progress bar."""
     was_training = model.training
     model.eval()
-    if seed is not None:
-        torch.manual_seed(seed)
-    step = batch_size or max(1, len(source_ids))
-    targets: list[list[int]] = []
+    batches = length_sorted_batches([len(ids) for ids in source_ids], batch_size or max(1, len(source_ids)))
+    grouped: list[list[list[int]]] = [[] for _ in source_ids]
     try:
-        for start in range(0, len(source_ids), step):
-            prompts = collator.prompts(list(source_ids[start : start + step]))
-            targets += generate_targets(model, prompts, tokenizer=collator.tokenizer, num_return_sequences=num_samples,
-                                        **decoding_kwargs(decoding))
-        return targets
+        for batch_no, rows in enumerate(tqdm(batches, desc=desc, disable=desc is None)):
+            if seed is not None:
+                torch.manual_seed(seed + batch_no)
+            prompts = collator.prompts([source_ids[row] for row in rows])
+            targets = generate_targets(model, prompts, tokenizer=collator.tokenizer, num_return_sequences=num_samples,
+                                       **decoding_kwargs(decoding))
+            for offset, row in enumerate(rows):
+                grouped[row] = targets[offset * num_samples : (offset + 1) * num_samples]
+        return [target for group in grouped for target in group]
     finally:
         model.train(was_training)
 
@@ -63,17 +78,13 @@ def sample_teacher_offline(teacher, collator, source_ids: Sequence[Sequence[int]
 
     Rows: `example_index` (position in the training list), `id`, `sample_index`, `target_ids`.
     """
-    rows: dict[str, list] = {"example_index": [], "id": [], "sample_index": [], "target_ids": []}
-    for batch_no, start in enumerate(tqdm(range(0, len(source_ids), batch_size), desc="teacher sampling")):
-        chunk = source_ids[start : start + batch_size]
-        targets = sample_targets(teacher, collator, chunk, decoding, num_samples, seed=seed + batch_no)
-        for offset, target in enumerate(targets):
-            example = start + offset // num_samples
-            rows["example_index"].append(example)
-            rows["id"].append(ids[example])
-            rows["sample_index"].append(offset % num_samples)
-            rows["target_ids"].append(list(target))
-    dataset = datasets.Dataset.from_dict(rows)
+    targets = sample_targets(teacher, collator, source_ids, decoding, num_samples, seed=seed, batch_size=batch_size,
+                             desc="teacher sampling")
+    dataset = datasets.Dataset.from_dict({
+        "example_index": [row // num_samples for row in range(len(targets))],
+        "id": [ids[row // num_samples] for row in range(len(targets))],
+        "sample_index": [row % num_samples for row in range(len(targets))],
+        "target_ids": [list(target) for target in targets]})
     dataset.save_to_disk(str(out_dir / SAMPLES_DIR))
     return dataset
 
