@@ -227,6 +227,10 @@ class PredistillConfig(TrainStageConfig):
     weight_mle: float = 1.0
     weight_kl: float = 1.0
     weight_hidden: float = 1.0
+    #: layer-normalise both hidden states (per token, no affine) before the MSE: Shleifer & Rush's
+    #: `normalize_hidden` option; needed for pretrained decoders whose residual streams reach magnitudes in
+    #: the hundreds (SmolLM2: a raw MSE of ~5,000 that swamps the MLE and KL terms)
+    normalize_hidden: bool = False
 
     def check(self, key: str) -> None:
         super().check(key)

@@ -1,6 +1,7 @@
 """Pre-distillation (Shleifer & Rush 2020, Sec. 3; f-DISTILL Sec. 3.1): on the references,
 L = w_mle·NLL + w_kl·(1/N) Σ_t KL(p_t‖q_t) + w_hidden·mean over mapped layers of MSE(h_student, h_teacher),
-where student layer i is paired with the teacher layer it was copied from. MLE and KL come from one pass
+where student layer i is paired with the teacher layer it was copied from (with `normalize_hidden`, both
+states are layer-normalised per token first). MLE and KL come from one pass
 over the output distributions (`TokenLoss`, fused or not); the hidden states from the same forward."""
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class PredistillObjective:
         masks = {"encoder": batch["attention_mask"].bool(), "decoder": valid}
         if "encoder" not in pairs:  # decoder-only: hidden states cover prompt + target positions
             masks["decoder"] = batch["attention_mask"].bool()
-        terms = [F.mse_loss(s[masks[stack]].float(), t[masks[stack]].float())
+        terms = [F.mse_loss(self._scaled(s[masks[stack]]), self._scaled(t[masks[stack]]))
                  for stack, layer_pairs in pairs.items() for s, t in layer_pairs]
         return torch.stack(terms).mean()
+
+    def _scaled(self, states: torch.Tensor) -> torch.Tensor:
+        states = states.float()
+        return F.layer_norm(states, states.shape[-1:]) if self.cfg.normalize_hidden else states
