@@ -81,7 +81,22 @@ def preflight(cfg: FdistillConfig, check_resources: bool = True) -> Preflight:
         check_storage(cfg)
         check_evaluation_resources(cfg)
         _check_tokenizers(cfg)
+        _check_gguf(cfg)
     return Preflight(divergence=divergence, needs=needs, is_encoder_decoder=cfg.pair.architecture == "encoder_decoder")
+
+
+def _check_gguf(cfg: FdistillConfig) -> None:
+    """A GGUF teacher's package and file exist and the file has the pinned sha256 (about a second for 100 MB),
+    and transformers can read GGUF."""
+    from fdistill.models.gguf import check_sha256, gguf_location, require_gguf_support
+
+    teacher = cfg.pair.teacher
+    if teacher.gguf_file is None:
+        return
+    _, local_file = gguf_location(teacher.name_or_path, teacher.gguf_file, teacher.gguf_package)
+    if local_file is not None:
+        check_sha256(local_file, teacher.gguf_sha256)
+    require_gguf_support()
 
 
 def build_divergence(cfg: FdistillConfig):

@@ -245,11 +245,17 @@ class Pipeline:
         """A GGUF teacher dequantised once into a safetensors checkpoint, keyed by the file's hash."""
         teacher = self.cfg.pair.teacher
         location, local_file = gguf_location(teacher.name_or_path, teacher.gguf_file, teacher.gguf_package)
-        if local_file is not None and self.is_main:
-            check_sha256(local_file, teacher.gguf_sha256)
 
         def build(work_dir: Path) -> None:
-            if self.is_main:
+            if not self.is_main:
+                return
+            if local_file is None:  # a hub repository: fetch the file itself, so its hash is checked too
+                from huggingface_hub import hf_hub_download
+
+                downloaded = Path(hf_hub_download(location, teacher.gguf_file))
+                check_sha256(downloaded, teacher.gguf_sha256)
+                convert_gguf(str(downloaded.parent), downloaded.name, self.cfg.pair.architecture, work_dir / "model")
+            else:
                 convert_gguf(location, teacher.gguf_file, self.cfg.pair.architecture, work_dir / "model")
 
         artifact = self.cache.get_or_build("gguf", self.specs.gguf(), build, self.accelerator)
