@@ -145,3 +145,24 @@ def test_results_a_run_replaced_are_not_collected(tmp_path):
     write_job(root / "0" / ".replaced" / "20260101T000000Z", 0, ["divergence=tvd", "seed=0"], {"bleu": 2.0})
     jobs, _ = collect_jobs(root)
     assert [job.overrides["divergence"] for job in jobs] == ["kl"]
+
+
+def test_stage_times_list_each_jobs_builds_distillation_and_evaluation(tmp_path):
+    root = tmp_path / "multirun"
+    timings = [{"build_gguf_seconds": 20.0, "build_teacher_seconds": 300.0, "teacher_sft_seconds": 290.0,
+                "build_teacher_eval_seconds": 50.0, "distill_seconds": 100.0, "evaluate_seconds": 80.0},
+               {"distill_seconds": 200.0, "evaluate_seconds": 30.0}]
+    for index, (divergence, timing) in enumerate(zip(("kl", "js"), timings, strict=True)):
+        job = root / str(index)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- divergence={divergence}\n- seed=0\n")
+        (job / "metrics.json").write_text(json.dumps({"metrics": {"bleu": 1.0},
+                                                      "metadata": {"timings_seconds": timing}}))
+    out = tmp_path / "real" / "table2"
+    assert main(["--multirun-dir", str(root), "--table", "Real", "--method-key", "divergence", "--stage-times",
+                 "--out", str(out)]) == 0
+    text = out.with_name("table2_stage_times.md").read_text()
+    assert "| kl | build gguf | 20.0 |" in text and "| kl | build teacher_eval | 50.0 |" in text
+    assert "| js | distill | 200.0 |" in text
+    # the teacher's training loop is inside its build and teacher_eval inside evaluate: not counted twice
+    assert "| kl | 500.0 |" in text and "| js | 230.0 |" in text and "| **all jobs** | **730.0** |" in text

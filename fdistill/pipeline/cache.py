@@ -114,6 +114,8 @@ class ArtifactCache:
         self.verify = verify
         self.rebuild = set(rebuild)
         self._rebuilt: set[tuple[str, str]] = set()
+        #: seconds each artifact kind took to build in this process (stage timings of reports)
+        self.build_seconds: dict[str, float] = {}
 
     def _paths(self, kind: str, key: str) -> tuple[Path, Path, Path]:
         base = self.root / kind
@@ -215,13 +217,16 @@ class ArtifactCache:
                 if is_main:
                     (partial / "spec.json").unlink(missing_ok=True)
                     files = file_records(partial)
+                    seconds = time.perf_counter() - started
                     write_json_atomic(partial / MANIFEST, {
                         "key": key, "kind": kind, "spec": spec, "files": files, "content": content_digest(files),
                         "inputs": {f"{item.kind}/{item.key}": item.content for item in inputs},
-                        "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                        "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "build_seconds": round(seconds, 3)})
                     os.replace(partial, final)
                     self._rebuilt.add((kind, key))
-                    log.info("[%s] published %s (%.1f s)", kind, final, time.perf_counter() - started)
+                    self.build_seconds[kind] = seconds
+                    log.info("[%s] published %s (%.1f s)", kind, final, seconds)
             barrier()
         manifest = json.loads((final / MANIFEST).read_text())
         return Artifact(kind, key, final, spec, manifest["content"])

@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from fdistill.config import DecodingConfig
 from fdistill.data.synthetic import SyntheticTask
@@ -31,7 +30,7 @@ from fdistill.evaluation import (
 )
 from fdistill.files import write_json_atomic
 from fdistill.models import load_teacher
-from fdistill.sampling import sample_targets
+from fdistill.sampling import SAMPLER_VERSION, sample_targets
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +67,8 @@ def run_evaluation(pipe, student_dir: str, teacher_ref, tokenizer, data: dict) -
     examples = data["eval_examples"]
     source_ids = collator.encode_sources([ex.source for ex in examples])
 
-    generated: list[list[int]] = []
-    for batch_no, begin in enumerate(tqdm(range(0, len(source_ids), eval_cfg.batch_size), desc="evaluate: generate")):
-        generated += sample_targets(student, collator, source_ids[begin:begin + eval_cfg.batch_size],
-                                    eval_cfg.decoding, seed=cfg.seed * 100_003 + batch_no)
+    generated = sample_targets(student, collator, source_ids, eval_cfg.decoding, seed=cfg.seed * 100_003,
+                               batch_size=eval_cfg.batch_size, desc="evaluate: generate")
     predictions = _decode(tokenizer, generated)
     write_predictions(pipe.run_dir, [{"id": ex.id, "source": ex.source, "prediction": pred,
                                       "references": list(ex.references)} for ex, pred in zip(examples, predictions, strict=True)])
@@ -101,8 +98,11 @@ def run_evaluation(pipe, student_dir: str, teacher_ref, tokenizer, data: dict) -
         "analysis_examples": min(eval_cfg.analysis_limit, len(examples)), "divergence": asdict(cfg.divergence),
         "distill": {"regime": cfg.pipeline.distill.regime, "lam": cfg.pipeline.distill.lam,
                     "teacher_sampling": cfg.pipeline.distill.teacher_sampling},
-        "timings_seconds": {**pipe.timings, "evaluate_seconds": time.perf_counter() - start},
-        "device": str(device), "mixed_precision": cfg.pipeline.mixed_precision,
+        # training loops of this process, artifacts it built (teacher_eval: inside evaluate_seconds), evaluation
+        "timings_seconds": {**pipe.timings, **{f"build_{kind}_seconds": seconds for kind, seconds in
+                                               pipe.cache.build_seconds.items()},
+                            "evaluate_seconds": time.perf_counter() - start},
+        "device": str(device), "torch_threads": torch.get_num_threads(), "mixed_precision": cfg.pipeline.mixed_precision,
         "dataset": cfg.dataset.name, "pair": cfg.pair.name,
     })
     write_metrics(pipe.run_dir, metrics, metadata)
@@ -119,6 +119,7 @@ def teacher_side(pipe, teacher, teacher_ref, collator, ids, data: dict) -> dict:
     eval_cfg = pipe.cfg.pipeline.evaluate
     spec = {"teacher": teacher_ref.identity, "eval_examples_sha256": data["eval_digest"], "inputs": len(ids),
             "max_new_tokens": eval_cfg.decoding.max_new_tokens, "seed": pipe.cfg.seed,
+            "batch_size": eval_cfg.batch_size, "sampler": SAMPLER_VERSION,
             "teacher_dist": "teacher_dist" in eval_cfg.analyses, "prompt": [pipe.cfg.pair.prompt_format,
                                                                             pipe.cfg.dataset.instruction]}
 

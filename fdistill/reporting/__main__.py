@@ -36,6 +36,8 @@ Flags:
                          job (or an override such as pipeline.evaluate.decoding.temperature),
                          pipeline.distill.data_fraction, pipeline.distill.rl.alpha).
   --series-key KEY       override that defines the lines (default: divergence).
+  --stage-times          also write STEM_stage_times.md: seconds per stage of every job (artifact builds,
+                         distillation, evaluation) from metrics.json's timings_seconds.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from fdistill.reporting.provenance import (
     setting_warning,
 )
 from fdistill.reporting.tables import TableContext, add_marks, write_tables
+from fdistill.reporting.timings import write_stage_times
 
 DEFAULT_X_KEYS = {"lambda-grid": "pipeline.distill.lam", "student-size": "pair.student.num_encoder_layers",
                   "quality-diversity": "temperatures", "data-fraction": "pipeline.distill.data_fraction",
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reward-metric")
     parser.add_argument("--x-key")
     parser.add_argument("--series-key", default="divergence")
+    parser.add_argument("--stage-times", action="store_true")
     return parser
 
 
@@ -126,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     claims = evaluate_claims(aggregated, paper, CLAIMS[args.claims], args.lower_is_better) if args.claims else None
     context = TableContext(args.table, provenance, warnings, claims)
     written = write_tables(marked, args.out, context, args.metrics, args.digits)
+    if args.stage_times:
+        written.append(write_stage_times(jobs, args.out, args.table, args.method_key, provenance))
     if args.figure:
         x_key = args.x_key or DEFAULT_X_KEYS[args.figure]
         stem = f"{args.out}_{args.figure}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fdistill.reporting.collect import JobResult
 
-HARDWARE_METADATA_KEYS = ("hardware", "device", "gpu", "gpu_name", "cpu", "cpu_model")
+HARDWARE_METADATA_KEYS = ("hardware", "device", "gpu", "gpu_name", "cpu", "cpu_model", "torch_threads")
 COMMIT_METADATA_KEYS = ("git_commit", "commit")
 
 
