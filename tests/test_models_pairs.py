@@ -34,6 +34,7 @@ EXPECTED_REAL_PLANS = {
     "bart_xsum": {"encoder": [0, 6, 11], "decoder": [0, 6, 11]},
     "t5_wmt": {"encoder": [0, 6, 11], "decoder": [0]},
     "dialogpt_cd": {"decoder": [0, 8, 16, 23]},
+    "smollm2": {"decoder": [0, 6, 12, 17, 23, 29]},
     "gpt2_dolly": {},
     "t5_xsum": {},
 }

