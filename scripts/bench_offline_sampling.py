@@ -6,12 +6,16 @@ rounds; the table reports the median epoch time of each and their ratio, plus th
 generating the offline samples. Writes a markdown table (atomically) to `--out`.
 
     python scripts/bench_offline_sampling.py --out results/bench/offline_sampling.md
+    # the real pair: the real-dart experiment, its artifact cache (teacher and student already built), 8 steps
+    python scripts/bench_offline_sampling.py --experiment real_dart --pair smollm2 --steps 8 \
+        --cache .cache/fdistill --out results/real/offline_sampling.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -45,34 +49,45 @@ def main() -> None:
     parser.add_argument("--divergence", default="js")
     parser.add_argument("--num-train", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--experiment", help="+experiment=<name> (a real dataset: --num-train is not used)")
+    parser.add_argument("--steps", type=int, help="time this many distillation steps instead of one epoch")
+    parser.add_argument("--cache", type=Path, help="an existing artifact cache (default: a fresh temporary one)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. pipeline.mixed_precision=bf16")
     args = parser.parse_args()
     register_configs()
-    common = [f"pair={args.pair}", f"divergence={args.divergence}", f"dataset.params.num_train={args.num_train}",
-              "pipeline.distill.max_steps=null", "pipeline.distill.epochs=1", "pipeline.evaluate.enabled=false",
+    data = [f"+experiment={args.experiment}"] if args.experiment else [f"dataset.params.num_train={args.num_train}"]
+    length = [f"pipeline.distill.max_steps={args.steps}"] if args.steps else ["pipeline.distill.max_steps=null",
+                                                                             "pipeline.distill.epochs=1"]
+    common = [*data, f"pair={args.pair}", f"divergence={args.divergence}", *length, "pipeline.evaluate.enabled=false",
               "pipeline.distill.checkpoint_every=100000", *args.overrides]
+    span = f"{args.steps} distillation steps" if args.steps else "one epoch"
+    inputs = f"experiment {args.experiment}" if args.experiment else f"{args.num_train} training inputs"
     timings: dict[str, list[float]] = {"offline": [], "online": []}
+    load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
-        workdir, cache = Path(tmp), Path(tmp) / "cache"
+        workdir = Path(tmp)
+        cache = args.cache.resolve() if args.cache else workdir / "cache"
         sampling_seconds = None
         for round_no in range(args.repeats):
             for mode in ("offline", "online"):
                 seconds, _ = run_epoch(workdir, cache, [*common, f"pipeline.distill.teacher_sampling={mode}"],
                                        f"{mode}-{round_no}")
                 timings[mode].append(seconds)
-        samples = next((cache / "teacher_samples").glob("*/timing.json"), None)
-        if samples is not None:
+        marker = read_stage_marker(workdir / "offline-0", "teacher_sampling")
+        samples = Path(marker["artifact"]) / "timing.json" if marker and "artifact" in marker else None
+        if samples is not None and samples.is_file():
             sampling_seconds = json.loads(samples.read_text())["seconds"]
     offline, online = statistics.median(timings["offline"]), statistics.median(timings["online"])
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     command = "python scripts/bench_offline_sampling.py " + " ".join(sys.argv[1:])
     lines = [
-        "# Offline vs online teacher sampling: one distillation epoch (f-DISTILL Table 4)",
+        f"# Offline vs online teacher sampling: {span} (f-DISTILL Table 4)",
         "",
-        f"Command: `{command}` (commit {commit}); device: {device}, torch threads: {torch.get_num_threads()}.",
+        f"Command: `{command}` (commit {commit}); device: {device}, torch threads: {torch.get_num_threads()}; "
+        f"load average before / after: {load_before} / {', '.join(f'{x:.2f}' for x in os.getloadavg())}.",
         f"Pair `{args.pair}`, divergence `{args.divergence}` (f-DISTILL regime: teacher-side terms on teacher",
-        f"samples, student-side terms on on-policy student samples), {args.num_train} training inputs, one epoch,",
+        f"samples, student-side terms on on-policy student samples), {inputs}, {span},",
         f"{args.repeats} alternating rounds; medians reported. Online re-samples the teacher for every batch.",
         "",
         "| variant | epoch seconds (median) | all rounds | ratio online / variant |",
