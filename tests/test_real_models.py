@@ -271,6 +271,17 @@ def test_a_missing_gguf_package_names_the_install_command(monkeypatch):
         gguf_module.require_gguf_support()
 
 
+def test_gguf_refuses_transformers_4_whose_tokenizer_conversion_is_wrong(monkeypatch):
+    import transformers
+
+    import fdistill.models.gguf as gguf_module
+    from fdistill.errors import ConfigError
+
+    monkeypatch.setattr(transformers, "__version__", "4.57.1")
+    with pytest.raises(ConfigError, match=r"transformers 5\.x \(found 4\.57\.1"):
+        gguf_module.require_gguf_support()
+
+
 # ------------------------------------------------------------------ sampling batched by prompt length
 def test_length_sorted_sampling_returns_the_inputs_order_and_pads_less(tokenizer):
     from fdistill.config import DecodingConfig
