@@ -27,6 +27,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from fdistill.config import register_configs
+from fdistill.files import atomic_write_text
 from fdistill.pipeline import run_pipeline
 from fdistill.pipeline.cache import read_stage_marker
 from fdistill.reporting.paper import paper_offline_speedups
@@ -106,10 +107,7 @@ def main() -> None:
         "the ratio grows with the teacher/student cost ratio and depends on the hardware; compare the direction.",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text("\n".join(lines))
-    tmp_out.replace(args.out)
+    atomic_write_text(args.out, "\n".join(lines))
     print("\n".join(lines))
 
 

