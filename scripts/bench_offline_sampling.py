@@ -37,7 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_epoch(workdir: Path, cache: Path, overrides: list[str], name: str) -> tuple[float, Path]:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root={workdir}", f"paths.cache_dir={cache}", *overrides])
+        # paths.root stays the project (experiments find ../shared/data from it); runs and cache go elsewhere
+        cfg = compose("config", overrides=[f"paths.root={REPO}", f"paths.output_dir={workdir}/outputs",
+                                           f"paths.cache_dir={cache}", *overrides])
     run_dir = workdir / name
     run_pipeline(cfg, run_dir)
     return float(read_stage_marker(run_dir, "distill")["seconds"]), run_dir
