@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +29,7 @@ from fdistill.files import atomic_write_text
 from fdistill.pipeline import run_pipeline
 from fdistill.pipeline.cache import read_stage_marker
 from fdistill.reporting.paper import paper_offline_speedups
+from fdistill.reporting.provenance import git_commit, machine_description
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,8 +80,7 @@ def main() -> None:
         if samples is not None and samples.is_file():
             sampling_seconds = json.loads(samples.read_text())["seconds"]
     offline, online = statistics.median(timings["offline"]), statistics.median(timings["online"])
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    device, commit = machine_description(), git_commit(REPO)
     command = "python scripts/bench_offline_sampling.py " + " ".join(sys.argv[1:])
     lines = [
         f"# Offline vs online teacher sampling: {span} (f-DISTILL Table 4)",
