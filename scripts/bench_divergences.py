@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -33,6 +32,9 @@ from tqdm import tqdm
 
 from fdistill.divergences import get_divergence
 from fdistill.reporting.io import atomic_write_text
+from fdistill.reporting.provenance import cpu_model, git_commit
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: (table label, registry key, parameters)
 CASES = [
@@ -188,13 +190,7 @@ def _liger_unavailable_reason() -> str | None:
 
 
 def _machine(threads: int) -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__}, {threads} torch threads per case"
+    return f"{cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__}, {threads} torch threads per case"
 
 
 def _load() -> str:
@@ -300,7 +296,7 @@ def main() -> None:
     command = "python scripts/bench_divergences.py " + " ".join(sys.argv[1:])
     text = "\n".join([
         "# Divergence kernels: memory and time (forward + backward, float32, CPU)", "",
-        f"Command: `{command}`  ", f"Machine: {_machine(args.threads)}  ",
+        f"Command: `{command}` (commit {git_commit(REPO)})  ", f"Machine: {_machine(args.threads)}  ",
         f"Load average (1, 5, 15 min) before: {load_before}; after: {_load()}  ",
         f"Best of {args.rounds} interleaved rounds per case, each measurement in a fresh subprocess timing "
         f"{args.repeats} passes (fastest kept).", "",

