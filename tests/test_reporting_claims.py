@@ -99,3 +99,25 @@ def test_setting_and_dirty_warnings_and_relative_paths():
     assert dirty_tree_warning("abc-dirty").startswith("Made from a working tree with uncommitted changes")
     assert dirty_tree_warning("abc") is None
     assert project_relative(f"--multirun-dir {project_root()}/outputs/multirun/x") == "--multirun-dir outputs/multirun/x"
+
+
+def test_the_commit_is_dirty_for_code_changes_but_not_for_generated_results(tmp_path):
+    import subprocess
+
+    from fdistill.reporting.provenance import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "results" / "table.md").write_text("| 1 |\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 40 and not clean.endswith("-dirty")
+    (tmp_path / "results" / "table.md").write_text("| 2 |\n")        # a report rewriting a committed table
+    assert git_commit(tmp_path / "results") == clean
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_commit(tmp_path) == clean + "-dirty"

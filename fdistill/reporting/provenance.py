@@ -41,14 +41,22 @@ def machine_description() -> str:
     return f"CPU: {cpu_model()} ({os.cpu_count()} cores); GPU: {', '.join(gpus) if gpus else 'none'}"
 
 
+#: generated outputs: their changes do not make the code behind a report differ from the commit (a target
+#: that writes several tables would otherwise mark every table after its first as dirty)
+OUTPUT_DIRS = ("results",)
+
+
 def git_commit(repo_dir: str | Path = ".") -> str:
-    """``git rev-parse HEAD`` (suffixed ``-dirty`` with uncommitted changes), or ``"unknown"`` outside git."""
+    """``git rev-parse HEAD`` (suffixed ``-dirty`` with uncommitted changes to tracked files outside
+    :data:`OUTPUT_DIRS`), or ``"unknown"`` outside git."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        top = git("rev-parse", "--show-toplevel")
+        excluded = [f":(exclude){Path(top) / name}" for name in OUTPUT_DIRS]
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", top, *excluded))
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
