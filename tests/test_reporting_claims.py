@@ -121,3 +121,31 @@ def test_the_commit_is_dirty_for_code_changes_but_not_for_generated_results(tmp_
     assert git_commit(tmp_path / "results") == clean
     (tmp_path / "code.py").write_text("a = 2\n")
     assert git_commit(tmp_path) == clean + "-dirty"
+
+
+def test_gkd_rl_and_data_fraction_claims_and_claims_about_methods_a_sweep_lacks():
+    alpha = "pipeline.distill.rl.alpha"
+    rows = [(f"alpha={a}", "rkl", metric, value, 0.01, 3, {alpha: a})
+            for a, (validity, coverage) in {"0.0": (0.99, 0.30), "1.0": (0.90, 0.15)}.items()
+            for metric, value in (("synthetic_sample/validity_rate", validity), ("risk/coverage_risk_per_token", coverage))]
+    verdicts = evaluate_claims(aggregated(rows), None, CLAIMS["gkd_figure6"]).set_index("claim")
+    assert verdicts.loc["The RL term raises the reward (α = 0 over α = 1)", "ours_verdict"] == "holds (clear)"
+    trade = verdicts.loc["…at a cost in distillation quality (α = 1 over α = 0)"]
+    assert (trade["metric"], trade["ours_verdict"], trade["reproduces"]) == ("risk/coverage_risk_per_token",
+                                                                             "holds (clear)", "yes (clear)")
+    fraction = "pipeline.distill.data_fraction"
+    rows = [(f"{d}, {fraction}={f}", d, "bleu", value, 0.1, 3, {fraction: f})
+            for d, values in {"gkd_onpolicy": (30.0, 35.0), "word_kd": (20.0, 28.0), "imitkd": (22.0, 29.0)}.items()
+            for f, value in zip(("0.05", "1.0"), values, strict=True)]
+    verdicts = evaluate_claims(aggregated(rows), None, CLAIMS["gkd_figure4"]).set_index("claim")
+    assert verdicts.loc["On-policy GKD on 5% of the data beats supervised KD and ImitKD on all of it",
+                        "ours_verdict"] == "holds (clear)"
+    assert set(verdicts.loc["On-policy GKD beats supervised KD and ImitKD at every data fraction", "group"]) == {
+        f"{fraction}=0.05", f"{fraction}=1.0"}
+    # a Table 2 sweep without LLMR has no LLMR row; with it, the KD tutorial's claim is checked
+    table2 = [(d, d, "bleu", v, 0.1, 3, {}) for d, v in {"seqkd": 10, "kl": 11, "rkl": 12, "js": 13}.items()]
+    assert "LLMR" not in " ".join(evaluate_claims(aggregated(table2), None, CLAIMS["fdistill_table2"])["claim"])
+    with_llmr = evaluate_claims(aggregated([*table2, ("llmr", "llmr", "bleu", 14.0, 0.1, 3, {})]), None,
+                                CLAIMS["fdistill_table2"]).set_index("claim")
+    row = with_llmr.loc["LLMR (teacher-induced reward) beats SeqKD, KL, RKL and JS"]
+    assert row["ours_verdict"] == "holds (clear)" and row["paper_holds"] == "stated"
