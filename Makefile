@@ -278,6 +278,7 @@ synthetic-figures: $(ENV) ## GKD Figs. 4, 5, 6 on the synthetic task (6 modes, C
 	$(MAKE) -j1 gkd-figure4 $(SYNTHETIC_FIGURE_VARS) SEEDS=0 GKD_METRIC=synthetic_sample/validity_rate
 	$(MAKE) -j1 gkd-figure5 $(SYNTHETIC_FIGURE_VARS) SEEDS=0 GKD_METRIC=validity_rate
 	$(MAKE) -j1 gkd-figure6 $(SYNTHETIC_FIGURE_VARS) SEEDS=0,1,2 GKD_METRIC=risk/coverage_risk_per_token
+	$(PY) scripts/reproduce_synthetic_claims.py --results $(SYNTHETIC_RESULTS) --modes $(SYNTHETIC_MODES)
 
 # Seed by seed (Table 2 seed 0, the λ grid, then the other seeds), so that a run cut short still has
 # every method for its first seed; synthetic-report aggregates whatever finished.
