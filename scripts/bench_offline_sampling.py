@@ -91,7 +91,7 @@ def main() -> None:
         f"samples, student-side terms on on-policy student samples), {inputs}, {span},",
         f"{args.repeats} alternating rounds; medians reported. Online re-samples the teacher for every batch.",
         "",
-        "| variant | epoch seconds (median) | all rounds | ratio online / variant |",
+        f"| variant | {'seconds' if args.steps else 'epoch seconds'} (median) | all rounds | ratio online / variant |",
         "| --- | --- | --- | --- |",
         f"| offline (cached samples) | {offline:.2f} | {', '.join(f'{t:.2f}' for t in timings['offline'])} | {online / offline:.2f}× |",
         f"| online (teacher sampled in the loop) | {online:.2f} | {', '.join(f'{t:.2f}' for t in timings['online'])} | 1.00× |",
