@@ -96,7 +96,7 @@ def main() -> None:
         f"| offline (cached samples) | {offline:.2f} | {', '.join(f'{t:.2f}' for t in timings['offline'])} | {online / offline:.2f}× |",
         f"| online (teacher sampled in the loop) | {online:.2f} | {', '.join(f'{t:.2f}' for t in timings['online'])} | 1.00× |",
         "",
-        f"One-off cost of the offline samples (generated once, reused by every epoch and every divergence of a sweep): "
+        f"One-off cost of the offline samples (generated once, reused by every run and every divergence of a sweep): "
         f"{sampling_seconds:.2f} s." if sampling_seconds is not None else "Offline sample timing not found.",
         "",
         "Paper: f-DISTILL Table 4 (shared/papers/fdistill_wen2023.md, Table 4; results/paper/fdistill_table4.csv) "
