@@ -193,6 +193,14 @@ def _machine(threads: int) -> str:
     return f"{cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__}, {threads} torch threads per case"
 
 
+def _head_shape(head_dir: str | None) -> tuple[int, int] | None:
+    """(V, H) of a converted checkpoint's head, from its config.json."""
+    if not head_dir:
+        return None
+    config = json.loads((Path(head_dir) / "config.json").read_text())
+    return config["vocab_size"], config["hidden_size"]
+
+
 def _load() -> str:
     return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -240,19 +248,22 @@ def logit_table(best: dict, sizes: list[tuple[int, int]], labels: list[str]) -> 
     return lines
 
 
-def fused_table(best: dict, sizes: list[tuple[int, int, int]]) -> list[str]:
+def fused_table(best: dict, sizes: list[tuple[int, int, int]], real_head: tuple[int, int] | None = None) -> list[str]:
+    """The fused section; the row with V = H = 0 is the real head's, labelled with its (V, H)."""
     lines = ["| tokens × V × H | fused time (s) | materialised time (s) | Liger time (s) | fused / Liger time | "
              "fused peak extra (MiB) | materialised peak extra (MiB) | Liger peak extra (MiB) | fused / materialised peak |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for tokens, vocab, hidden in sizes:
         fused, logits, liger = (best[(impl, "js", tokens, vocab, hidden)] for impl in FUSED_IMPLS)
+        shape = f"{tokens} × {vocab} × {hidden}" if vocab or real_head is None else \
+            f"{tokens} × {real_head[0]} × {real_head[1]} (real head)"
         if "error" in fused or "error" in logits:
-            lines.append(f"| {tokens} × {vocab} × {hidden} | {fused.get('error', '')} | {logits.get('error', '')} | | | | | | |")
+            lines.append(f"| {shape} | {fused.get('error', '')} | {logits.get('error', '')} | | | | | | |")
             continue
         liger_time = f"{liger['time_s']:.3f}" if "error" not in liger else liger["error"]
         ratio = f"{fused['time_s'] / liger['time_s']:.2f}" if "error" not in liger else "n/a"
         liger_peak = _mib(liger["peak_extra_bytes"]) if "error" not in liger else "n/a"
-        lines.append(f"| {tokens} × {vocab} × {hidden} | {fused['time_s']:.3f} | {logits['time_s']:.3f} | {liger_time} | "
+        lines.append(f"| {shape} | {fused['time_s']:.3f} | {logits['time_s']:.3f} | {liger_time} | "
                      f"{ratio} | {_mib(fused['peak_extra_bytes'])} | {_mib(logits['peak_extra_bytes'])} | {liger_peak} | "
                      f"{fused['peak_extra_bytes'] / max(1, logits['peak_extra_bytes']):.2f} |")
     return lines
@@ -302,15 +313,15 @@ def main() -> None:
         f"{args.repeats} passes (fastest kept).", "",
         "Peak extra = peak RSS (getrusage ru_maxrss) minus RSS right before the timed pass: what the loss and its",
         "backward add on top of the inputs (the gradients included). Ratios are fdistill / naive.", "",
-        "## Losses on logits: fdistill's chunked closed-form kernels vs straightforward PyTorch", "",
-        "Targets: time ratio ≤ 0.5, memory ratio ≤ 0.25.", "",
-        *logit_table(best, sizes, labels), "",
-        "## Fused lm-head JS: hidden states and head weights in, the logits never exist in full", "",
-        "fused = `Divergence.fused` (fdistill); materialised = `hidden @ W.T` for both models then fdistill's chunked",
-        "`per_token`; Liger = `LigerFusedLinearJSDLoss(compiled=False)` (liger-kernel 0.8.5, CPU). Student hidden and",
-        "weight both get gradients. Goals: fused peak ≤ 0.2 × materialised, time ≤ 1.0 × Liger."
-        + (f" The last row uses the tied head of `{args.real_head}` (V, H from the checkpoint)." if args.real_head else ""),
-        "", *fused_table(best, fused_sizes), ""])
+        *(["## Losses on logits: fdistill's chunked closed-form kernels vs straightforward PyTorch", "",
+           "Targets: time ratio ≤ 0.5, memory ratio ≤ 0.25.", "",
+           *logit_table(best, sizes, labels), ""] if sizes else []),
+        *(["## Fused lm-head JS: hidden states and head weights in, the logits never exist in full", "",
+           "fused = `Divergence.fused` (fdistill); materialised = `hidden @ W.T` for both models then fdistill's "
+           "chunked", "`per_token`; Liger = `LigerFusedLinearJSDLoss(compiled=False)` (liger-kernel 0.8.5, CPU). "
+           "Student hidden and", "weight both get gradients. Goals: fused peak ≤ 0.2 × materialised, time ≤ 1.0 × Liger."
+           + (f" The last row uses the tied head of `{args.real_head}` (V, H from the checkpoint)." if args.real_head
+              else ""), "", *fused_table(best, fused_sizes, _head_shape(args.real_head)), ""] if fused_sizes else [])])
     if args.out is None:
         print(text)
         return
