@@ -477,6 +477,25 @@ def test_akl_mu_one_is_exactly_kl_and_mu_zero_exactly_rkl_in_float32():
                                rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mu", [0.05, 0.5, 0.9, 0.999])
+def test_akl_head_is_every_token_whose_strictly_more_probable_mass_is_below_mu(dtype, mu):
+    """The binned head split == the definition, by pairwise comparison in float64 (no sort): rows flat to
+    peaked, integer logits (many exact ties: tied tokens share one fate), −inf padding, an all −inf row."""
+    torch.manual_seed(5)
+    logits = torch.cat([torch.randn(4, 2000) * scale for scale in (0.1, 1.0, 3.0, 30.0)]).to(dtype)
+    logits[-2:] = logits[-2:].round()  # ties
+    logits[1, 1500:] = float("-inf")
+    logits = torch.cat([logits, torch.full((1, 2000), float("-inf"), dtype=dtype)])
+    p = torch.softmax(logits, -1).nan_to_num(0.0)
+    wide = p.double()
+    more_probable_mass = (wide.unsqueeze(-2) * (wide.unsqueeze(-2) > wide.unsqueeze(-1))).sum(-1)
+    expected = more_probable_mass < mu * wide.sum(-1, keepdim=True)
+    head = get_divergence("akl", mu=mu).head_mask(p)
+    assert torch.equal(head, expected), (head != expected).nonzero()[:5]
+    assert not head[-1].any()
+
+
 def test_akl_head_split_in_float32_matches_float64():
     t = torch.randn(8, 32000) * 3
     div = get_divergence("akl", mu=0.9)

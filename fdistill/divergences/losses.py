@@ -646,6 +646,12 @@ class SkewReverseKL(SkewKL):
     reverse: ClassVar[bool] = True
 
 
+#: float dtype -> (the integer dtype of its bit pattern, its mantissa bits), for AdaptiveKL.head_mask's bins
+_FLOAT_BITS = {torch.float32: (torch.int32, 23), torch.float64: (torch.int64, 52)}
+_HEAD_BIN_BITS = 6      # 2**6 bins per octave of probability
+_HEAD_BINS = 64 << 6    # 64 octaves below the row's top token; everything less probable shares the last bin
+
+
 @register_divergence("akl")
 class AdaptiveKL(Divergence):
     """Adaptive KL of Wu et al. 2024 (Eqs. 11-15).
@@ -679,17 +685,42 @@ class AdaptiveKL(Divergence):
         self.detach_weights = detach_weights
 
     def head_mask(self, p: Tensor) -> Tensor:
-        """True for the head tokens of each row (Wu et al. Eqs. 11-12), in vocabulary order: sorted by teacher
-        probability, a token is in the head when the float64 cumulative mass before it is below μ times the
-        row's total mass (so rounding never moves a token to the tail); μ ≥ 1 / μ ≤ 0: all head / all tail."""
+        """True for the head tokens of each row (Wu et al. Eqs. 11-12), in vocabulary order: a token is in the
+        head when the teacher mass of the tokens strictly more probable than it, summed in float64, is below μ
+        times the row's total mass (so rounding never moves a token to the tail, and tokens tied with the last
+        head token join it, whatever order a sort would give ties); μ ≥ 1 / μ ≤ 0: all head / all tail.
+
+        Without a sort over the vocabulary (the sort was ~90% of AKL's time at V = 50k): tokens are binned by
+        their probability's bit pattern (monotone in the value, ~64 bins per octave below the row's top token);
+        the float64 bin masses decide every bin but the one where the cumulative mass crosses μ, and only that
+        bin's tokens are ordered (a top-k over the few of them)."""
         if self.mu >= 1:
             return torch.ones_like(p, dtype=torch.bool)
         if self.mu <= 0:
             return torch.zeros_like(p, dtype=torch.bool)
-        p_sorted, order = p.detach().sort(dim=-1, descending=True)
-        cumulative = p_sorted.double().cumsum(dim=-1)
-        in_head = (cumulative - p_sorted) < self.mu * cumulative[..., -1:]
-        return torch.empty_like(in_head).scatter_(-1, order, in_head)
+        p = p.detach()
+        if p.dtype not in _FLOAT_BITS:
+            p = p.float()
+        int_dtype, mantissa_bits = _FLOAT_BITS[p.dtype]
+        bits = p.contiguous().view(int_dtype)  # monotone in the value for p >= 0
+        distance = bits.amax(dim=-1, keepdim=True) - bits  # 0 for the top token
+        bins = distance.bitwise_right_shift_(mantissa_bits - _HEAD_BIN_BITS).clamp_(max=_HEAD_BINS - 1).long()
+        mass = torch.zeros(*p.shape[:-1], _HEAD_BINS, dtype=torch.float64, device=p.device)
+        mass.scatter_add_(-1, bins, p.double())
+        through = mass.cumsum(dim=-1)  # mass of the bins up to and including each one
+        target = self.mu * through[..., -1:]
+        # the bin where the mass crosses μ (μ < 1); a row without mass (all −inf) has no head
+        boundary = (through <= target).sum(dim=-1, keepdim=True).clamp_(max=_HEAD_BINS - 1)
+        before_boundary = through.gather(-1, boundary) - mass.gather(-1, boundary)
+        in_boundary = bins == boundary
+        width = int(in_boundary.sum(dim=-1).max())
+        candidates = torch.where(in_boundary, p, torch.full_like(p, -1.0)).topk(width, dim=-1).values
+        candidate_mass = candidates.clamp(min=0).double()
+        mass_before = before_boundary + candidate_mass.cumsum(dim=-1) - candidate_mass
+        last = ((mass_before < target) & (candidates >= 0)).sum(dim=-1, keepdim=True) - 1
+        threshold = torch.where(last >= 0, candidates.gather(-1, last.clamp(min=0)),
+                                torch.full_like(last, float("inf"), dtype=p.dtype))
+        return ((bins < boundary) | (in_boundary & (p >= threshold))) & (target > 0)
 
     def gap_weights(self, p: Tensor, q: Tensor, head: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(g_head, g_tail) / (g_head + g_tail) per row (Wu et al. Eqs. 11-14)."""
