@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fdistill.reporting.claims import ALPHA, R_CVG, R_LLH
 from fdistill.reporting.io import atomic_write_text
 from fdistill.reporting.paper import load_paper_csv
 
@@ -28,7 +29,6 @@ PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
 #: f-DISTILL Table 3's datasets, in the paper's order
 PAPER_DATASETS = {"dart": "DART", "xsum": "XSum", "wmt16_en_ro": "WMT16 EN-RO", "commonsense_dialogue": "CD"}
 
-R_LLH, R_CVG = "risk/likelihood_risk_per_token", "risk/coverage_risk_per_token"
 SAMPLE_VALIDITY, SAMPLE_TV = "synthetic_sample/validity_rate", "synthetic_sample/mode_tv"
 SAMPLE_ENTROPY, EX_ERROR = "synthetic_sample/mode_entropy", "exposure/ex_error_percent"
 TRUE_ENTROPY = "synthetic_sample/mode_entropy_true"
@@ -149,25 +149,23 @@ def llmr_claims(method) -> list[str]:
                         "are this task's exact stand-ins for quality."]
 
 
-ALPHA_KEY = "pipeline.distill.rl.alpha"
-
 
 def rl_claims(figure: pd.DataFrame) -> list[str]:
     """GKD + RL (Eq. 5) over α with the exact-validity reward (GKD Fig. 6's trade-off)."""
-    alphas = sorted(figure[ALPHA_KEY].dropna().unique(), key=float)
+    alphas = sorted(figure[ALPHA].dropna().unique(), key=float)
     metrics = ((SAMPLE_VALIDITY, "validity (T=1) = reward"), (R_CVG, "R_cvg / token"), (R_LLH, "R_llh / token"),
                ("synthetic_sample/modes_covered", "modes covered (T=1)"), (SAMPLE_TV, "mode TV (T=1)"))
     lines = ["| α | " + " | ".join(label for _, label in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for alpha in alphas:
-        lines.append(f"| {float(alpha):g} | " + " | ".join(str(stat(figure, metric, **{ALPHA_KEY: alpha}))
+        lines.append(f"| {float(alpha):g} | " + " | ".join(str(stat(figure, metric, **{ALPHA: alpha}))
                                                           for metric, _ in metrics) + " |")
     on_policy = max(alphas, key=float)
     lines += ["", "| claim (GKD Sec. 3.2, Fig. 6) | α < 1 | α = 1 (on-policy GKD) | ours |", "|---|---|---|---|"]
     for alpha in [a for a in alphas if a != on_policy]:
-        rl, gkd = (invalid_share(stat(figure, SAMPLE_VALIDITY, **{ALPHA_KEY: a})) for a in (alpha, on_policy))
+        rl, gkd = (invalid_share(stat(figure, SAMPLE_VALIDITY, **{ALPHA: a})) for a in (alpha, on_policy))
         lines.append(f"| GKD + RL (α = {float(alpha):g}) raises validity over α = 1 (invalid share) | {rl} | {gkd} | "
                      f"{compare(rl, gkd)} |")
-        gkd_cvg, rl_cvg = (stat(figure, R_CVG, **{ALPHA_KEY: a}) for a in (on_policy, alpha))
+        gkd_cvg, rl_cvg = (stat(figure, R_CVG, **{ALPHA: a}) for a in (on_policy, alpha))
         lines.append(f"| …at a cost in distillation quality: α = 1 keeps the lower R_cvg (α = {float(alpha):g}) | "
                      f"{rl_cvg} | {gkd_cvg} | {compare(gkd_cvg, rl_cvg)} |")
     return lines + ["", "Paper: GKD Fig. 6 (XSum, T5): smaller α raises the reward (an NLI model's factual "
