@@ -238,6 +238,9 @@ def test_the_rl_loss_ascends_the_reward_its_gradient_is_the_reinforce_surrogates
     for a, b in zip(got, [p.grad for p in student.parameters()], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
+    if alpha > 0:
+        return  # the ascent check below is for the reward alone
+
     def favoured_probability():
         probe = sources.collator.from_text(["record ka color red", "record lo color red"], ["so red", "so red"])
         with torch.no_grad():
@@ -249,8 +252,7 @@ def test_the_rl_loss_ascends_the_reward_its_gradient_is_the_reinforce_surrogates
         optimizer.zero_grad()
         objective(student, step)[0].backward()
         optimizer.step()
-    if alpha == 0:
-        assert favoured_probability() > before
+    assert favoured_probability() > before
 
 
 def test_gkd_rl_with_alpha_one_is_on_policy_gkd(tokenizer):
