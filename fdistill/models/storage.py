@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fdistill.files import apply_umask
+
 
 @contextmanager
 def staged_directory(target: str | os.PathLike, *, replace: bool) -> Iterator[Path]:
@@ -23,6 +25,7 @@ def staged_directory(target: str | os.PathLike, *, replace: bool) -> Iterator[Pa
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield staging
+        apply_umask(staging)  # mkdtemp's 0700 and safetensors' 0600: others sharing the cache could not read them
         if replace and target.exists():
             shutil.rmtree(target)
         try:

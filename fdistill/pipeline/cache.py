@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,15 +29,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
-from fdistill.errors import ArtifactError
-from fdistill.files import write_json_atomic
+from fdistill.config import ARTIFACT_KINDS
+from fdistill.errors import ArtifactError, ConfigError
+from fdistill.files import (
+    HASH_BLOCK,
+    apply_umask,
+    atomic_write_text,
+    content_digest,
+    directory_files,
+    file_records,
+    files_problem,
+    write_json_atomic,
+)
+from fdistill.locks import held_lock, is_held, try_lock
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "artifact.json"
-HASH_BLOCK = 1 << 20
+#: the spec of a build in progress, written into ``<key>.partial`` first: what marks a partial dir as fdistill's
+PARTIAL_SPEC = "spec.json"
+KEY_PATTERN = re.compile(r"^[0-9a-f]{16}$")
+#: https://bford.info/cachedir/ : backup tools skip the folder; `clean` requires it (or fdistill's kind folders)
+CACHE_TAG = "CACHEDIR.TAG"
+CACHE_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+                  "# This file is a cache directory tag created by fdistill (its artifact cache).\n")
 
 
 def config_hash(spec: Any, length: int = 16) -> str:
@@ -45,27 +61,8 @@ def config_hash(spec: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _artifact_files(directory: Path) -> list[Path]:
-    return sorted(path for path in directory.rglob("*") if path.is_file() and path.name != MANIFEST)
-
-
-def file_records(directory: Path) -> dict[str, dict[str, Any]]:
-    """``{relative path: {sha256, size}}`` of every file below ``directory`` (the manifest excluded)."""
-    return {path.relative_to(directory).as_posix(): {"sha256": file_sha256(path), "size": path.stat().st_size}
-            for path in _artifact_files(directory)}
-
-
-def content_digest(files: dict[str, dict[str, Any]]) -> str:
-    """One digest of an artifact's content: its file names and checksums."""
-    return config_hash({name: record["sha256"] for name, record in files.items()}, length=64)
+    return directory_files(directory, exclude=(MANIFEST,))
 
 
 def checkpoint_fingerprint(name_or_path: str) -> dict[str, Any]:
@@ -125,25 +122,11 @@ class ArtifactCache:
         return f"delete {path} (or re-run with pipeline.rebuild=[{kind}]) and it is rebuilt"
 
     def _check_files(self, kind: str, final: Path, manifest: dict, checksums: bool) -> None:
-        recorded = manifest.get("files")
-        if not isinstance(recorded, dict):
-            raise ArtifactError(f"artifact {final} has no file checksums (made by an older fdistill); "
-                                f"{self._fix(kind, final)}")
-        present = {path.relative_to(final).as_posix(): path for path in _artifact_files(final)}
-        missing = sorted(set(recorded) - set(present))
-        extra = sorted(set(present) - set(recorded))
-        if missing or extra:
-            raise ArtifactError(f"artifact {final} does not hold the files it was published with (missing "
-                                f"{missing[:5]}, unexpected {extra[:5]}); {self._fix(kind, final)}")
-        for name, record in recorded.items():
-            size = present[name].stat().st_size
-            if size != record["size"]:
-                raise ArtifactError(f"artifact {final}: {name} has {size} bytes, {record['size']} when published "
-                                    f"(truncated or replaced); {self._fix(kind, final)}")
-            if checksums and file_sha256(present[name]) != record["sha256"]:
-                raise ArtifactError(f"artifact {final}: {name} does not match its checksum (corrupted since it was "
-                                    f"published); {self._fix(kind, final)}. pipeline.verify_artifacts=false skips "
-                                    "the checksums (sizes are still checked)")
+        problem = files_problem(final, manifest.get("files"), checksums, exclude=(MANIFEST,))
+        if problem is not None:
+            hint = (". pipeline.verify_artifacts=false skips the checksums (sizes are still checked)"
+                    if "checksum" in problem else "")
+            raise ArtifactError(f"artifact {final}: {problem}; {self._fix(kind, final)}{hint}")
 
     def lookup(self, kind: str, spec: dict, inputs: Sequence[Artifact] = (), checksums: bool | None = None
                ) -> Artifact | None:
@@ -155,13 +138,11 @@ class ArtifactCache:
         manifest_path = final / MANIFEST
         if not manifest_path.is_file():
             return None
-        try:
-            stored = json.loads(manifest_path.read_text())
-        except ValueError:
-            raise ArtifactError(f"artifact {final}: {MANIFEST} is not valid JSON; {self._fix(kind, final)}") from None
+        stored = self._read_manifest(kind, final, required=())
         if stored.get("key") != key or stored.get("spec") != json.loads(json.dumps(spec, default=str)):
             raise ArtifactError(f"artifact {final} does not match its key (stale or hand-edited cache entry); "
                                 f"{self._fix(kind, final)}")
+        stored = self._read_manifest(kind, final)
         self._check_files(kind, final, stored, self.verify if checksums is None else checksums)
         expected = {f"{item.kind}/{item.key}": item.content for item in inputs}
         if stored.get("inputs", {}) != expected:
@@ -169,6 +150,21 @@ class ArtifactCache:
                         "artifacts); rebuilding it", final)
             return None
         return Artifact(kind, key, final, spec, stored["content"])
+
+    def _read_manifest(self, kind: str, final: Path, required: Sequence[str] = ("key", "spec", "files", "content")
+                       ) -> dict:
+        """``artifact.json`` of `final`, with the `required` fields; anything else is an ArtifactError."""
+        try:
+            stored = json.loads((final / MANIFEST).read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            raise ArtifactError(f"artifact {final}: {MANIFEST} is not valid JSON; {self._fix(kind, final)}") from None
+        if not isinstance(stored, dict):
+            raise ArtifactError(f"artifact {final}: {MANIFEST} is not a JSON object; {self._fix(kind, final)}")
+        missing = [name for name in required if name not in stored]
+        if missing:
+            raise ArtifactError(f"artifact {final}: {MANIFEST} lacks {missing} (damaged, hand-edited or made by an "
+                                f"older fdistill); {self._fix(kind, final)}")
+        return stored
 
     def get_or_build(self, kind: str, spec: dict, build: Callable[[Path], None], accelerator=None,
                      inputs: Sequence[Artifact] = ()) -> Artifact:
@@ -183,6 +179,7 @@ class ArtifactCache:
         final, partial, lock_path = self._paths(kind, key)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
+            tag_cache_root(self.root)
         except OSError as error:
             raise ArtifactError(f"cannot create the cache folder {final.parent} ({error}); set paths.cache_dir "
                                 "(or FDISTILL_CACHE) to a writable directory") from None
@@ -191,7 +188,7 @@ class ArtifactCache:
         # same barriers. Under the main process's lock every process sees the same cache state.
         is_main = accelerator is None or accelerator.is_main_process
         barrier = accelerator.wait_for_everyone if accelerator is not None else (lambda: None)
-        lock = FileLock(str(lock_path)) if is_main else nullcontext()
+        lock = held_lock(lock_path, f"the {kind} artifact {final}") if is_main else nullcontext()
         with lock:
             if is_main and kind in self.rebuild and (kind, key) not in self._rebuilt and final.exists():
                 log.info("pipeline.rebuild names %s: removing %s to rebuild it", kind, final)
@@ -208,15 +205,16 @@ class ArtifactCache:
                         shutil.rmtree(final)
                     self._report_orphans(final.parent, partial)
                     partial.mkdir(parents=True, exist_ok=True)
-                    write_json_atomic(partial / "spec.json", {"key": key, "spec": spec})
+                    write_json_atomic(partial / PARTIAL_SPEC, {"key": key, "kind": kind, "spec": spec})
                     log.info("[%s] building %s", kind, final)
                 started = time.perf_counter()
                 barrier()
                 build(partial)
                 barrier()
                 if is_main:
-                    (partial / "spec.json").unlink(missing_ok=True)
-                    files = file_records(partial)
+                    (partial / PARTIAL_SPEC).unlink(missing_ok=True)
+                    apply_umask(partial)
+                    files = file_records(partial, exclude=(MANIFEST,))
                     seconds = time.perf_counter() - started
                     write_json_atomic(partial / MANIFEST, {
                         "key": key, "kind": kind, "spec": spec, "files": files, "content": content_digest(files),
@@ -228,33 +226,85 @@ class ArtifactCache:
                     self.build_seconds[kind] = seconds
                     log.info("[%s] published %s (%.1f s)", kind, final, seconds)
             barrier()
-        manifest = json.loads((final / MANIFEST).read_text())
-        return Artifact(kind, key, final, spec, manifest["content"])
+        return Artifact(kind, key, final, spec, self._read_manifest(kind, final)["content"])
 
     def _report_orphans(self, folder: Path, own_partial: Path) -> None:
         """Log unfinished builds of other keys whose builder is gone (their lock is free)."""
         orphans = [path for path in orphan_partials(folder) if path != own_partial]
         if orphans:
-            size = sum(file.stat().st_size for path in orphans for file in path.rglob("*") if file.is_file())
+            size = sum(file.stat().st_size for path in orphans for file in directory_files(path, ()))
             log.info("%d unfinished build(s) of other configs in %s (%.1f MB) can resume if those configs run "
                      "again; `python -m fdistill.pipeline.cache clean %s` removes them", len(orphans), folder,
                      size / 1e6, self.root)
 
 
+def tag_cache_root(root: Path) -> None:
+    """Mark `root` as fdistill's cache (CACHEDIR.TAG), once."""
+    if not (root / CACHE_TAG).is_file():
+        atomic_write_text(root / CACHE_TAG, CACHE_TAG_TEXT)
+
+
+def is_fdistill_partial(path: Path) -> bool:
+    """`path` is ``<cache>/<kind>/<key>.partial`` as fdistill makes it: a real directory (not a symlink) named
+    by a key, holding the spec.json of that key."""
+    if path.is_symlink() or not path.is_dir() or not KEY_PATTERN.match(path.name.removesuffix(".partial")) \
+            or not path.name.endswith(".partial"):
+        return False
+    spec = path / PARTIAL_SPEC
+    if spec.is_symlink() or not spec.is_file():
+        return False
+    try:
+        return json.loads(spec.read_text()).get("key") == path.name.removesuffix(".partial")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
 def orphan_partials(folder: Path) -> list[Path]:
-    """``<key>.partial`` dirs below `folder` (a cache root or one kind) whose lock no live process holds."""
+    """fdistill's ``<key>.partial`` dirs directly in one kind's `folder` whose lock no live process holds
+    (tested without creating lock files)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return []
     found = []
-    for partial in sorted(folder.rglob("*.partial")):
-        if not partial.is_dir():
-            continue
-        lock = FileLock(str(partial.with_suffix(".lock")))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            continue
-        lock.release()
-        found.append(partial)
+    for entry in sorted(os.scandir(folder), key=lambda item: item.name):
+        path = Path(entry.path)
+        if entry.name.endswith(".partial") and is_fdistill_partial(path) and not is_held(path.with_suffix(".lock")):
+            found.append(path)
     return found
+
+
+def check_cache_root(root: Path) -> None:
+    """`root` must be an fdistill artifact cache: an existing directory with fdistill's CACHEDIR.TAG, or (made
+    before the tag existed) at least one of its kind folders."""
+    if not root.exists():
+        raise ConfigError(f"{root} does not exist; pass the artifact cache dir (paths.cache_dir, by default "
+                          ".cache/fdistill in the directory the runs were started from)")
+    if root.is_symlink() or not root.is_dir():
+        raise ConfigError(f"{root} is not a directory (symlinks are not followed); pass the artifact cache dir itself")
+    tag = root / CACHE_TAG
+    tagged = tag.is_file() and not tag.is_symlink() and "fdistill" in tag.read_text(errors="replace")
+    kinds = [kind for kind in ARTIFACT_KINDS if (root / kind).is_dir() and not (root / kind).is_symlink()]
+    if not tagged and not kinds:
+        raise ConfigError(f"{root} is not an fdistill artifact cache (no CACHEDIR.TAG written by fdistill and none "
+                          f"of its folders {list(ARTIFACT_KINDS)}); nothing was touched. Pass the cache dir "
+                          "(paths.cache_dir, by default .cache/fdistill)")
+
+
+def clean_partials(root: Path, dry_run: bool = False) -> list[Path]:
+    """Remove (or, dry run, list) the unfinished builds of dead builders in the cache `root`: only
+    ``<root>/<kind>/<key>.partial`` dirs that fdistill made, each deleted while its lock is held (a builder
+    starting meanwhile waits), never through a symlink. Returns them."""
+    check_cache_root(root)
+    removed = []
+    for kind in ARTIFACT_KINDS:
+        for partial in orphan_partials(root / kind):
+            if dry_run:
+                removed.append(partial)
+                continue
+            with try_lock(partial.with_suffix(".lock")) as free:
+                if free and is_fdistill_partial(partial):  # still an orphan now that we hold its lock
+                    shutil.rmtree(partial)
+                    removed.append(partial)
+    return removed
 
 
 def write_stage_marker(run_dir: Path, stage: str, info: dict) -> None:
@@ -268,20 +318,24 @@ def read_stage_marker(run_dir: Path, stage: str) -> dict | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fdistill.pipeline.cache clean [--dry-run] CACHE_DIR``: remove unfinished builds of dead
-    builders (their resumable checkpoints are lost)."""
+    """``python -m fdistill.pipeline.cache clean [--dry-run] CACHE_DIR``: remove the unfinished builds of dead
+    builders (``<CACHE_DIR>/<kind>/<key>.partial``; their resumable checkpoints are lost). Nothing else is
+    touched: published artifacts, lock files, anything that fdistill did not make."""
     import argparse
+
+    from fdistill.cli import guarded
 
     parser = argparse.ArgumentParser(prog="python -m fdistill.pipeline.cache", description=main.__doc__)
     parser.add_argument("command", choices=["clean"])
     parser.add_argument("cache_dir")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
-    for partial in orphan_partials(Path(args.cache_dir)):
-        print(("would remove " if args.dry_run else "removing ") + str(partial))
-        if not args.dry_run:
-            shutil.rmtree(partial)
-            partial.with_suffix(".lock").unlink(missing_ok=True)
+    with guarded():
+        found = clean_partials(Path(args.cache_dir), dry_run=args.dry_run)
+        for partial in found:
+            print(("would remove " if args.dry_run else "removed ") + str(partial))
+        if not found:
+            print(f"no unfinished builds of dead builders in {args.cache_dir}")
     return 0
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from fdistill.files import atomic_write_text
+from fdistill.files import atomic_temp_file, atomic_write_text
 
 __all__ = ["atomic_write_text", "save_figure"]
 
@@ -21,7 +20,7 @@ def save_figure(figure, out_stem: str | os.PathLike, formats: Iterable[str] = FI
     written = []
     for fmt in formats:
         target = stem.with_name(f"{stem.name}.{fmt}")
-        handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        handle, temp_name = atomic_temp_file(target)
         os.close(handle)
         try:
             # No creation date in PDFs: re-running a deterministic script gives identical bytes.
