@@ -26,3 +26,11 @@ class TrainingDivergedError(FdistillError, RuntimeError):
 
 class StorageError(FdistillError, OSError):
     """An output or cache location that cannot be written (not a directory, read-only, disk full)."""
+
+
+class CorruptFileError(FdistillError, RuntimeError):
+    """A file fdistill wrote (a checkpoint, a stage record, a log) is damaged; the message names it and the fix."""
+
+
+class CheckpointError(CorruptFileError):
+    """A training checkpoint does not verify against its manifest."""

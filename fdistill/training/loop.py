@@ -2,9 +2,11 @@
 
 Resumability: every `checkpoint_every` optimizer steps the full state (model, optimizer and RNG of
 every process: `Accelerator.save_state`; step counter and scheduler: ``trainer_state.json``) is
-written to ``<work_dir>/checkpoint`` by an atomic directory swap. The data position needs no state
-of its own: the batch of micro-step `m` is a pure function of (seed, m) (`StepSampler`), so a
-resumed run continues exactly where the killed one stopped.
+written to ``<work_dir>/checkpoint`` with a manifest of its files (sizes and sha256, `fdistill.files`) by
+an atomic directory swap. A resume verifies the manifest first: a damaged checkpoint is refused with the
+file and the fix (or, where the other complete copy of a crashed swap verifies, that one is used, saying so).
+The data position needs no state of its own: the batch of micro-step `m` is a pure function of (seed, m)
+(`StepSampler`), so a resumed run continues exactly where the killed one stopped.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from tqdm.auto import tqdm
 
 from fdistill.config import OptimConfig, TrainStageConfig
 from fdistill.divergences import NonFiniteInputError
-from fdistill.errors import TrainingDivergedError
+from fdistill.errors import CheckpointError, TrainingDivergedError
+from fdistill.files import manifest_problem, read_json_file, write_manifest
+from fdistill.progress import POSITION
 from fdistill.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -101,8 +105,9 @@ LossFn = Callable[[torch.nn.Module, int], tuple[torch.Tensor, dict[str, float]]]
 
 
 def _save_checkpoint(accelerator: Accelerator, work_dir: Path, step: int, scheduler: LambdaLR,
-                     extra_state: dict | None = None) -> None:
-    """Atomically replace <work_dir>/checkpoint with the current state.
+                     extra_state: dict | None = None, checksums: bool = True) -> None:
+    """Atomically replace <work_dir>/checkpoint with the current state and its manifest (written last, so a
+    checkpoint without one was never completed).
 
     The scheduler is stored in trainer_state.json rather than registered with the accelerator:
     registered objects outlive a stage, so a later stage's checkpoint would carry every earlier
@@ -116,7 +121,9 @@ def _save_checkpoint(accelerator: Accelerator, work_dir: Path, step: int, schedu
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict(),
+                                                  "num_processes": accelerator.num_processes,
                                                   **(extra_state or {})}))
+        write_manifest(tmp, checksums, step=step)
         final, old = work_dir / CHECKPOINT, work_dir / f"{CHECKPOINT}.old"
         if final.exists():
             if old.exists():  # left by a crash after the last swap; `final` is complete, so it is not needed
@@ -125,6 +132,7 @@ def _save_checkpoint(accelerator: Accelerator, work_dir: Path, step: int, schedu
         os.replace(tmp, final)
         if old.exists():
             shutil.rmtree(old)
+    POSITION.checkpoint, POSITION.checkpoint_step = str(work_dir / CHECKPOINT), step
     accelerator.wait_for_everyone()
 
 
@@ -135,12 +143,69 @@ def drop_checkpoints(work_dir: Path) -> None:
             shutil.rmtree(work_dir / name)
 
 
-def _completed_checkpoint(work_dir: Path) -> Path | None:
-    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):  # .old survives a crash between the two renames
+def verified_checkpoint(work_dir: Path, desc: str, checksums: bool = True) -> Path | None:
+    """The checkpoint to resume from, verified against its manifest (sizes; sha256 with `checksums`): the
+    current one, else the complete copy a crash between the two renames of a swap left (`.old`), saying so.
+    None when the stage has none; :class:`CheckpointError` naming the damage and the fix when none verifies."""
+    problems = []
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
         candidate = work_dir / name
-        if (candidate / STATE_FILE).is_file():
+        if not candidate.exists():
+            continue
+        problem = manifest_problem(candidate, checksums)
+        if problem is None:
+            if problems:
+                log.warning("[%s] %s; resuming from the other complete copy, %s, instead", desc, problems[0], candidate)
             return candidate
-    return None
+        problems.append(f"checkpoint {candidate}: {problem}")  # .old: left by a crash between the two renames
+    if not problems:
+        return None
+    raise CheckpointError(
+        f"[{desc}] cannot resume: {'; '.join(problems)}. Delete {work_dir / CHECKPOINT} to restart this stage from "
+        "step 0 (its earlier steps are lost), or restore the damaged file from a copy; nothing was trained")
+
+
+def _load_checkpoint(accelerator: Accelerator, checkpoint: Path, desc: str) -> dict:
+    """Load a verified checkpoint; the trainer state (step, scheduler) is returned. This process's RNG state
+    must be there: accelerate would otherwise log "Could not load random states" at INFO and go on."""
+    state = read_json_file(checkpoint / STATE_FILE, "trainer state",
+                           f"delete {checkpoint} to restart the stage from step 0")
+    saved_processes = state.get("num_processes", accelerator.num_processes)
+    rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    if not rng_file.is_file():
+        raise CheckpointError(f"[{desc}] {checkpoint} holds no RNG state of process {accelerator.process_index} "
+                              f"({rng_file.name}): it was written by {saved_processes} process(es), this run has "
+                              f"{accelerator.num_processes}. Resume with the same number of processes, or delete "
+                              f"{checkpoint} to restart the stage")
+    if saved_processes != accelerator.num_processes:
+        log.warning("[%s] %s was written by %d process(es), this run has %d: the resumed run continues from its "
+                    "weights and optimizer state but is not bit-identical to an uninterrupted one", desc, checkpoint,
+                    saved_processes, accelerator.num_processes)
+    accelerate_log = logging.getLogger("accelerate.checkpointing")
+    captured: list[str] = []
+    handler = _MessageCapture(captured)
+    level = accelerate_log.level
+    accelerate_log.addHandler(handler)
+    accelerate_log.setLevel(logging.INFO)
+    try:
+        accelerator.load_state(str(checkpoint))
+    finally:
+        accelerate_log.removeHandler(handler)
+        accelerate_log.setLevel(level)
+    failed = [message for message in captured if message.startswith("Could not load")]
+    if failed:
+        raise CheckpointError(f"[{desc}] {checkpoint}: accelerate says {failed[0]!r}; delete {checkpoint} to "
+                              "restart the stage from step 0")
+    return state
+
+
+class _MessageCapture(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
 
 
 class _DivergenceGuard:
@@ -149,18 +214,15 @@ class _DivergenceGuard:
     ``reference_loss`` (the first logged window's mean) survives a resume through ``trainer_state.json``.
     """
 
-    def __init__(self, desc: str, stage: TrainStageConfig, work_dir: Path, total_steps: int,
-                 reference_loss: float | None) -> None:
-        self.desc, self.stage, self.work_dir, self.total_steps = desc, stage, work_dir, total_steps
+    def __init__(self, desc: str, stage: TrainStageConfig, total_steps: int, reference_loss: float | None) -> None:
+        self.desc, self.stage, self.total_steps = desc, stage, total_steps
         self.reference_loss = reference_loss
         self.skipped = 0
 
     def _last_good(self) -> str:
-        checkpoint = _completed_checkpoint(self.work_dir)
-        if checkpoint is None:
+        if POSITION.checkpoint is None:
             return "no checkpoint was written yet"
-        step = json.loads((checkpoint / STATE_FILE).read_text())["step"]
-        return f"the last good checkpoint is {checkpoint} (step {step})"
+        return f"the last good checkpoint is {POSITION.checkpoint} (step {POSITION.checkpoint_step})"
 
     def fail(self, step: int, what: str, fix: str) -> TrainingDivergedError:
         return TrainingDivergedError(
@@ -210,6 +272,7 @@ def train(
     work_dir: Path,
     desc: str,
     on_log: Callable[[dict], None] | None = None,
+    checksums: bool = True,
 ) -> LoopResult:
     """Run `total_steps` optimizer steps of `loss_fn(model, micro_step)`, resuming from `work_dir`.
 
@@ -219,7 +282,8 @@ def train(
     averaged: shorter for the first row after a resume), the learning rate and, with
     ``skip_nonfinite_steps``, the count of skipped steps so far. A non-finite loss or gradient norm, a
     NaN/+inf model output, a logged loss ``loss_blowup_factor`` times above the first one, or non-finite
-    final weights stop the stage with :class:`~fdistill.errors.TrainingDivergedError`.
+    final weights stop the stage with :class:`~fdistill.errors.TrainingDivergedError`. `checksums`: hash the
+    checkpoint's files into its manifest and verify them on resume (sizes are always recorded and checked).
     """
     optim: OptimConfig = stage.optim
     optimizer = build_optimizer(model, optim)
@@ -231,20 +295,22 @@ def train(
     work_dir.mkdir(parents=True, exist_ok=True)
 
     start, reference_loss, skipped = 0, None, 0
-    checkpoint = _completed_checkpoint(work_dir)
+    POSITION.enter(desc)
+    checkpoint = verified_checkpoint(work_dir, desc, checksums)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / STATE_FILE).read_text())
+        state = _load_checkpoint(accelerator, checkpoint, desc)
         scheduler.load_state_dict(state["scheduler"])
+        POSITION.checkpoint, POSITION.checkpoint_step = str(checkpoint), state["step"]
         start, reference_loss, skipped = state["step"], state.get("reference_loss"), state.get("skipped_nonfinite", 0)
         if accelerator.is_main_process:
             log.info("[%s] resuming from step %d/%d (%s)", desc, start, total_steps, checkpoint)
-    guard = _DivergenceGuard(desc, stage, work_dir, total_steps, reference_loss)
+    guard = _DivergenceGuard(desc, stage, total_steps, reference_loss)
     guard.skipped = skipped
 
     log_path = work_dir / "log.csv"
     if accelerator.is_main_process:
-        _drop_log_rows_after(log_path, start)  # a killed run may have logged steps it will redo now
+        _drop_log_rows_after(log_path, start, desc)  # a killed run may have logged steps it will redo now
+    POSITION.step, POSITION.total = start, total_steps
     t0 = time.perf_counter()
     model.train()
     progress = tqdm(range(start, total_steps), desc=desc, initial=start, total=total_steps,
@@ -272,6 +338,7 @@ def train(
             for name, value in {"loss": float(loss.detach()), **logs}.items():
                 running[name] = running.get(name, 0.0) + value / stage.grad_accum
         done = step + 1
+        POSITION.step = done
         steps_since_log += 1
         if done % stage.log_every == 0 or done == total_steps:
             row = {"step": done, "lr": scheduler.get_last_lr()[0], "window_steps": steps_since_log,
@@ -289,7 +356,7 @@ def train(
             if done == total_steps:
                 guard.check_final(accelerator.unwrap_model(model), done)
             _save_checkpoint(accelerator, work_dir, done, scheduler,
-                             {"reference_loss": guard.reference_loss, "skipped_nonfinite": guard.skipped})
+                             {"reference_loss": guard.reference_loss, "skipped_nonfinite": guard.skipped}, checksums)
     progress.close()
     if start >= total_steps:  # resumed after the last checkpoint: the weights were checked before it was saved
         guard.check_final(accelerator.unwrap_model(model), total_steps)
@@ -305,14 +372,23 @@ def _append_csv(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def _drop_log_rows_after(path: Path, step: int) -> None:
-    """Keep only the rows of steps <= `step` in the CSV log (rewritten atomically)."""
+def _drop_log_rows_after(path: Path, step: int, desc: str = "") -> None:
+    """Keep only the rows of steps <= `step` in the CSV log (rewritten atomically). A log that cannot be read
+    is kept aside as ``log.csv.unreadable`` and a new one started (the log records the run; it determines
+    nothing, so training goes on), saying so."""
     if not path.exists():
         return
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = [row for row in reader if int(row["step"]) <= step]
-        fieldnames = reader.fieldnames
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = [row for row in reader if int(row["step"]) <= step]
+            fieldnames = reader.fieldnames
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as error:
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        log.warning("[%s] %s cannot be read (%s: %s); kept as %s, a new log starts at step %d", desc, path,
+                    type(error).__name__, error, aside.name, step + 1)
+        return
     if not rows:
         path.unlink()
         return
