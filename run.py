@@ -2,7 +2,9 @@
 `python run.py +experiment=dart_tvd` a paper setting; `-m` sweeps (Hydra multirun).
 
 fdistill's own errors (config, data, cache, run dir, a diverged training stage) print their message alone
-and exit with code 2; unexpected errors keep their traceback."""
+and exit with code 2; unexpected errors keep their traceback; Ctrl-C prints where the run stopped (exit 130).
+In a multirun every job runs: a failing job is reported and the sweep goes on; the failures are listed at
+the end and the exit code is 2 if any job failed."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fdistill.cli import guarded, precheck
+from fdistill.cli import guarded, precheck, sweep_exit_code
 from fdistill.config import register_configs
 from fdistill.pipeline import run_pipeline
 
@@ -24,10 +27,15 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     hydra_config = HydraConfig.get()
-    with guarded():
-        run_pipeline(cfg, hydra_config.runtime.output_dir, list(hydra_config.overrides.task))
+    run_dir = hydra_config.runtime.output_dir
+    job = None
+    if hydra_config.mode == RunMode.MULTIRUN:
+        job = f"{hydra_config.job.num} ({hydra_config.job.override_dirname or 'no overrides'})"
+    with guarded(job, run_dir):
+        run_pipeline(cfg, run_dir, list(hydra_config.overrides.task))
 
 
 if __name__ == "__main__":
     precheck(sys.argv[1:], CONFIG_DIR)
     main()
+    raise SystemExit(sweep_exit_code())

@@ -10,13 +10,33 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fdistill.errors import FdistillError, StorageError
+from fdistill.progress import POSITION
 
 log = logging.getLogger("fdistill")
 EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 130
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR}
+#: how libraries that do not raise OSError say that a write failed for lack of space: safetensors ("I/O error: No
+#: space left on device (os error 28)"), torch.save ("[enforce fail at inline_container.cc] unexpected pos" or
+#: "PytorchStreamWriter failed writing file")
+STORAGE_MESSAGES = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122",
+                    "PytorchStreamWriter failed writing file", "unexpected pos")
+RESUME_HINT = ("Finished stages and checkpoints stay valid: re-run the same command to resume")
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    job: str
+    run_dir: str
+    message: str
+
+
+#: the jobs of this process's Hydra multirun: how many started, which failed (reported when the sweep ends)
+SWEEP: dict[str, list] = {"started": [], "failed": []}
 
 
 def fail(error: Exception) -> None:
@@ -26,19 +46,71 @@ def fail(error: Exception) -> None:
     raise SystemExit(EXIT_CONFIG_ERROR)
 
 
+def _storage_error(error: BaseException) -> StorageError | None:
+    """A write that failed for lack of space, a read-only or not-a-directory location, anywhere in the chain of
+    causes of `error`, as fdistill's StorageError (None: not a storage failure)."""
+    seen = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:
+            return StorageError(f"cannot write {cause.filename or 'a file'}: {cause.strerror} (errno {cause.errno}); "
+                                "free disk space or point paths.output_dir / paths.cache_dir at a writable disk. "
+                                + RESUME_HINT)
+        text = str(cause)
+        if any(marker in text for marker in STORAGE_MESSAGES):
+            return StorageError(f"a write failed for lack of disk space ({type(cause).__name__}: {text.strip()[:300]}); "
+                                "free disk space or point paths.output_dir / paths.cache_dir at another disk. "
+                                + RESUME_HINT)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def explained(error: BaseException) -> FdistillError | None:
+    """`error` as one of fdistill's own explained errors, or None for an unexpected one (a bug: keep its traceback)."""
+    if isinstance(error, FdistillError):
+        return error
+    return _storage_error(error)
+
+
 @contextmanager
-def guarded() -> Iterator[None]:
-    """fdistill's errors, and storage failures (disk full, read-only, not a directory), end the run cleanly."""
+def guarded(job: str | None = None, run_dir: str | None = None) -> Iterator[None]:
+    """fdistill's errors and storage failures end the run with one message and exit code 2; Ctrl-C with one
+    line saying where the run stopped and how to resume (exit code 130).
+
+    `job` (a Hydra multirun job's label): a failure of that job, explained or not, is logged and recorded in
+    :data:`SWEEP` and the sweep goes on with its next job; :func:`sweep_exit_code` reports them at the end."""
+    if job is not None:
+        SWEEP["started"].append(job)
     try:
         yield
-    except FdistillError as error:
-        fail(error)
-    except OSError as error:
-        if error.errno not in STORAGE_ERRNOS:
-            raise
-        fail(StorageError(f"cannot write {error.filename or 'a file'}: {error.strerror} (errno {error.errno}); "
-                          "free disk space or point paths.output_dir / paths.cache_dir at a writable disk. "
-                          "Finished stages and checkpoints stay valid: re-run the same command to resume"))
+    except KeyboardInterrupt:
+        print(f"fdistill: interrupted {POSITION.describe()}. {RESUME_HINT}.", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except Exception as error:  # noqa: BLE001 - sorted into explained and unexpected below
+        known = explained(error)
+        if job is None:
+            if known is None:
+                raise
+            fail(known)
+        if known is not None:
+            log.debug("fdistill error", exc_info=error)
+            log.error("fdistill: job %s failed: %s", job, known)
+        else:
+            log.error("fdistill: job %s failed with an unexpected error (a bug; please report it)", job, exc_info=error)
+        SWEEP["failed"].append(JobFailure(job, str(run_dir), str(known or f"{type(error).__name__}: {error}")))
+
+
+def sweep_exit_code() -> int:
+    """After a multirun: print which jobs failed and why, and return 2 if any did (else 0)."""
+    failed: list[JobFailure] = SWEEP["failed"]
+    if not failed:
+        return 0
+    lines = [f"fdistill: {len(failed)} of {len(SWEEP['started'])} jobs of the sweep failed (the others ran to the end):"]
+    for failure in failed:
+        lines.append(f"  job {failure.job}: {failure.message}\n    run dir: {failure.run_dir}")
+    print("\n".join(lines), file=sys.stderr)
+    return EXIT_CONFIG_ERROR
 
 
 def _composable(overrides: Sequence[str]) -> list[str]:

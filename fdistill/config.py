@@ -349,6 +349,8 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def check(self, key: str) -> None:
+        _require(0 <= self.artifact_seed < 2**32, f"{key}.artifact_seed", self.artifact_seed,
+                 "an integer in [0, 2**32) (numpy and torch seeds)")
         _require(self.mixed_precision in ("no", "fp16", "bf16"), f"{key}.mixed_precision",
                  self.mixed_precision, "no, fp16 or bf16")
         unknown = sorted(set(self.rebuild) - set(ARTIFACT_KINDS))
@@ -379,6 +381,9 @@ class FdistillConfig:
     seed: int = 0
     run_name: str = "default"
     sweep_name: str = "sweep"
+
+    def check(self, key: str) -> None:
+        _require(0 <= self.seed < 2**31, "seed", self.seed, "an integer in [0, 2**31) (numpy and torch seeds)")
 
 
 def run_dir_slug(override_dirname: str, max_length: int = 120) -> str:

@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_dir
 from fdistill.config import register_configs
 from fdistill.files import atomic_write_text
 from fdistill.pipeline import run_pipeline
-from fdistill.pipeline.cache import read_stage_marker
+from fdistill.pipeline.cache import MANIFEST, read_stage_marker
 from fdistill.reporting.paper import paper_offline_speedups
 from fdistill.reporting.provenance import git_commit, machine_description
 
@@ -76,9 +76,9 @@ def main() -> None:
                                        f"{mode}-{round_no}")
                 timings[mode].append(seconds)
         marker = read_stage_marker(workdir / "offline-0", "teacher_sampling")
-        samples = Path(marker["artifact"]) / "timing.json" if marker and "artifact" in marker else None
-        if samples is not None and samples.is_file():
-            sampling_seconds = json.loads(samples.read_text())["seconds"]
+        manifest = Path(marker["artifact"]) / MANIFEST if marker and "artifact" in marker else None
+        if manifest is not None and manifest.is_file():  # the build's seconds, recorded when it was published
+            sampling_seconds = json.loads(manifest.read_text())["build_seconds"]
     offline, online = statistics.median(timings["offline"]), statistics.median(timings["online"])
     device, commit = machine_description(), git_commit(REPO)
     command = "python scripts/bench_offline_sampling.py " + " ".join(sys.argv[1:])

@@ -40,7 +40,16 @@ def test_metrics_json_layout_and_atomic_write(tmp_path):
     assert read_metrics(tmp_path / "none") == ({}, {})
 
 
+def _evaluated_run_dir(path):
+    """What the rescoring CLI requires of a run dir: its config and a finished evaluate stage."""
+    (path / "stages").mkdir(parents=True)
+    (path / "stages" / "evaluate.json").write_text("{}")
+    (path / "config.json").write_text("{}")
+    return path
+
+
 def test_rescoring_uses_saved_config_metrics_and_keeps_analysis_values(tmp_path):
+    _evaluated_run_dir(tmp_path)
     write_predictions(tmp_path, RECORDS)
     write_metrics(tmp_path, {"likelihood_risk_per_token": 1.5, "bleu": -1.0, "mode_tv": 0.2},
                   {"decoding": {"strategy": "beam"}, "signatures": {"old": "kept"}})
@@ -56,6 +65,7 @@ def test_rescoring_uses_saved_config_metrics_and_keeps_analysis_values(tmp_path)
 
 
 def test_rescoring_with_metrics_flag_and_missing_metric_list(tmp_path):
+    _evaluated_run_dir(tmp_path)
     write_predictions(tmp_path, RECORDS)
     rescore_run(tmp_path, ["distinct_n"])
     assert set(read_metrics(tmp_path)[0]) == {"distinct_1", "distinct_2"}

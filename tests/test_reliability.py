@@ -214,7 +214,7 @@ def test_a_truncated_cached_file_is_detected_even_without_checksums(tmp_path):
     _, path = _published(tmp_path)
     weights = path / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(ArtifactError, match="has 1000 bytes, 16384 when published"):
+    with pytest.raises(ArtifactError, match="has 1000 bytes, 16384 when written"):
         ArtifactCache(tmp_path, verify=False).lookup("teacher", {"a": 1})
 
 
@@ -249,16 +249,6 @@ def test_a_published_teacher_keeps_no_training_checkpoint(tmp_path):
     assert (teacher / "model" / "config.json").is_file() and not (teacher / CHECKPOINT).exists()
 
 
-def test_orphan_partials_are_listed_and_cleaned(tmp_path):
-    from fdistill.pipeline.cache import main as cache_main
-    from fdistill.pipeline.cache import orphan_partials
-
-    (tmp_path / "teacher" / "abc.partial").mkdir(parents=True)
-    assert orphan_partials(tmp_path) == [tmp_path / "teacher" / "abc.partial"]
-    cache_main(["clean", str(tmp_path)])
-    assert not (tmp_path / "teacher" / "abc.partial").exists()
-
-
 # ------------------------------------------------------------------ 4. late failures caught up front
 @pytest.fixture
 def nothing_loads(monkeypatch):
@@ -280,8 +270,12 @@ def nothing_loads(monkeypatch):
     (["dataset.metrics=[bleu,bertscore]"], ["metric 'bertscore'", "roberta-large", "pipeline.evaluate.bertscore_encoder"]),
     (["dataset.metrics=[moverscore]"], ["metric 'moverscore'", "pipeline.evaluate.moverscore_encoder"]),
     (["pipeline.rebuild=[teachers]"], ["pipeline.rebuild", "teachers"]),
+    (["seed=-1"], ["seed=-1", "[0, 2**31)"]),
+    (["pipeline.artifact_seed=-1"], ["pipeline.artifact_seed=-1"]),
+    (["pair.student.num_decoder_layers=7"], ["pair.student", "7 student layers from 4"]),
+    (["pair.student.encoder_layers=[0,1,9]"], ["pair.student", "encoder_layers=[0, 1, 9]", "[0, 3]"]),
 ], ids=["positions", "eval-batch", "analysis-limit", "unknown-key", "epochs-and-steps", "bertscore-encoder",
-        "moverscore-encoder", "rebuild-kind"])
+        "moverscore-encoder", "rebuild-kind", "seed", "artifact-seed", "student-layer-count", "student-layers"])
 def test_late_failures_fail_before_anything_loads(tmp_path, nothing_loads, overrides, named):
     with pytest.raises(ConfigError) as caught:
         run(tmp_path, overrides)
@@ -388,3 +382,361 @@ def test_run_log_holds_our_lines_and_the_console_no_library_chatter(tmp_path):
     import yaml
 
     assert "divergence=kl" in yaml.safe_load((tmp_path / "run" / ".hydra" / "overrides.yaml").read_text())
+
+
+# ==================================================================================================
+# Part two: each test below started as one of the 17 reproductions of a second probe (cache clean, sweeps,
+# checkpoints, content digests, late failures, train-now-evaluate-later, error messages, locks, file modes).
+# ==================================================================================================
+def _clean(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PYTHON), "-m", "fdistill.pipeline.cache", "clean", *map(str, args)], cwd=REPO,
+                          env=cli_env(), capture_output=True, text=True, timeout=120)
+
+
+def _orphan(cache_root: Path, spec: dict) -> Path:
+    """The unfinished build a killed builder leaves: ``<cache>/teacher/<key>.partial`` with its spec.json."""
+    from fdistill.pipeline.cache import config_hash
+
+    def killed(work_dir: Path) -> None:
+        (work_dir / "checkpoint").mkdir()
+        (work_dir / "checkpoint" / "weights").write_text("resumable")
+        raise RuntimeError("the builder died")
+
+    with pytest.raises(RuntimeError, match="the builder died"):
+        ArtifactCache(cache_root).get_or_build("teacher", spec, killed)
+    partial = cache_root / "teacher" / f"{config_hash(spec)}.partial"
+    assert partial.is_dir()
+    return partial
+
+
+def _lock_files(root: Path) -> set[Path]:
+    return {path for path in root.rglob("*.lock")}
+
+
+# ------------------------------------------------------------------ 7. cache clean
+def test_clean_removes_only_the_unfinished_builds_fdistill_made(tmp_path):
+    cache = tmp_path / "cache"
+    orphan = _orphan(cache, {"a": 1})
+    published = ArtifactCache(cache).get_or_build("teacher", {"a": 2}, lambda d: (d / "w").write_text("w")).path
+    users = cache / "teacher" / "movie.partial"  # a user's folder that happens to end in .partial
+    users.mkdir()
+    (users / "movie.mp4").write_text("film")
+    no_spec = cache / "teacher" / "fedcba9876543210.partial"  # fdistill's name, but no spec of that key
+    no_spec.mkdir()
+    elsewhere = cache / "Downloads" / "0123456789abcdef.partial"  # not in a kind folder
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "spec.json").write_text(json.dumps({"key": "0123456789abcdef"}))
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "spec.json").write_text(json.dumps({"key": "aaaaaaaaaaaaaaaa"}))
+    link = cache / "teacher" / "aaaaaaaaaaaaaaaa.partial"
+    link.symlink_to(precious)
+
+    locks_before = _lock_files(tmp_path)
+    dry = _clean("--dry-run", cache)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines() == [f"would remove {orphan}"]
+    assert _lock_files(tmp_path) == locks_before, "a dry run created lock files"
+    assert orphan.is_dir()
+
+    done = _clean(cache)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"removed {orphan}"]
+    assert not orphan.exists()
+    assert (published / "w").is_file() and (users / "movie.mp4").is_file() and no_spec.is_dir()
+    assert (elsewhere / "spec.json").is_file() and link.is_symlink() and (precious / "spec.json").is_file()
+
+
+@pytest.mark.parametrize("what", ["home", "missing", "file"])
+def test_clean_refuses_what_is_not_an_fdistill_cache(tmp_path, what):
+    home = tmp_path / "home"
+    (home / "Downloads" / "movie.partial").mkdir(parents=True)
+    (home / "teachers.partial").mkdir()
+    target = {"home": home, "missing": tmp_path / "nowhere", "file": home / "notes.txt"}[what]
+    if what == "file":
+        target.write_text("x")
+    result = _clean(target)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("fdistill: error:") and "Traceback" not in result.stderr
+    assert {"home": "is not an fdistill artifact cache", "missing": "does not exist",
+            "file": "is not a directory"}[what] in result.stderr
+    assert (home / "Downloads" / "movie.partial").is_dir() and (home / "teachers.partial").is_dir()
+    assert not _lock_files(tmp_path)
+
+
+def test_clean_leaves_a_build_whose_builder_is_alive_and_deletes_under_the_lock(tmp_path, monkeypatch):
+    import fdistill.pipeline.cache as cache_module
+    from fdistill.locks import is_held
+
+    alive, dead = _orphan(tmp_path, {"a": 1}), _orphan(tmp_path, {"a": 2})
+    holder = subprocess.Popen([str(PYTHON), "-c", "import sys, time; from filelock import FileLock; "
+                               "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)",
+                               str(alive.with_suffix(".lock"))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        deleted_while_locked = []
+        real_rmtree = cache_module.shutil.rmtree
+
+        def rmtree(path, *args, **kwargs):  # records whether the partial's lock is held at the moment of deletion
+            deleted_while_locked.append((Path(path), is_held(Path(path).with_suffix(".lock"))))
+            return real_rmtree(path, *args, **kwargs)
+
+        monkeypatch.setattr(cache_module.shutil, "rmtree", rmtree)
+        assert cache_module.clean_partials(tmp_path) == [dead]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert alive.is_dir() and not dead.exists()
+    assert deleted_while_locked == [(dead, True)]
+
+
+# ------------------------------------------------------------------ 8. a failing job does not stop a sweep
+def test_a_failing_job_does_not_stop_the_sweep_and_is_reported_at_the_end(tmp_path):
+    result = _cli("-m", "pipeline.distill.regime=gkd", "pipeline.distill.lam=2.0,0.0", *TINY,
+                  f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache", "sweep_name=s",
+                  "pipeline.evaluate.analyses=[]")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "fdistill: 1 of 2 jobs of the sweep failed" in result.stderr
+    assert "job 0 (" in result.stderr and "pipeline.distill.lam=2.0" in result.stderr and "[0, 1]" in result.stderr
+    assert "Traceback" not in result.stderr
+    finished = list((tmp_path / "out" / "multirun" / "s").glob("*/metrics.json"))
+    assert len(finished) == 1
+    assert json.loads((finished[0].parent / "config.json").read_text())["pipeline"]["distill"]["lam"] == 0.0
+
+
+# ------------------------------------------------------------------ 9. checkpoints are verified
+def _garble(path: Path) -> None:
+    """Same size, other bytes (what a bad disk or a partial overwrite leaves)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(255 - byte for byte in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["optimizer.bin", "model.safetensors", "random_states_0.pkl", "trainer_state.json"])
+def test_a_garbled_checkpoint_file_is_refused_naming_it(tmp_path, name):
+    from fdistill.errors import CheckpointError
+
+    _train(tmp_path, _stage(0.01))
+    _garble(tmp_path / CHECKPOINT / name)
+    with pytest.raises(CheckpointError) as caught:
+        _train(tmp_path, _stage(0.01))
+    assert f"{name} does not match its checksum" in str(caught.value)
+    assert f"Delete {tmp_path / CHECKPOINT} to restart this stage" in str(caught.value)
+
+
+def test_a_truncated_optimizer_state_is_refused_without_checksums_too(tmp_path):
+    from fdistill.errors import CheckpointError
+
+    _train(tmp_path, _stage(0.01))
+    optimizer = tmp_path / CHECKPOINT / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)))
+    with pytest.raises(CheckpointError, match="optimizer.bin has 100 bytes"):
+        train(accelerator=accelerator, model=model, loss_fn=_regression, stage=_stage(0.01), total_steps=12,
+              work_dir=tmp_path, desc="distill", checksums=False)
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_complete_copy_of_a_crashed_swap(tmp_path, caplog):
+    import shutil
+
+    _train(tmp_path, _stage(0.01))
+    shutil.copytree(tmp_path / CHECKPOINT, tmp_path / f"{CHECKPOINT}.old")  # a crash between the two renames
+    _garble(tmp_path / CHECKPOINT / "model.safetensors")
+    with caplog.at_level(logging.WARNING, logger="fdistill"):
+        _train(tmp_path, _stage(0.01))
+    assert "resuming from the other complete copy" in caplog.text and "checkpoint.old" in caplog.text
+
+
+def test_an_unreadable_log_is_kept_aside_and_training_goes_on(tmp_path, caplog):
+    _train(tmp_path, _stage(0.01))
+    (tmp_path / "log.csv").write_bytes(b"step,loss\nnot-a-step,\xff\xfe\n")
+    with caplog.at_level(logging.WARNING, logger="fdistill"):
+        _train(tmp_path, _stage(0.01))
+    assert "log.csv cannot be read" in caplog.text
+    assert (tmp_path / "log.csv.unreadable").read_bytes().startswith(b"step,loss\nnot-a-step")
+
+
+def test_a_missing_distilled_student_is_made_again_from_the_final_checkpoint(tmp_path, caplog):
+    import shutil
+
+    from fdistill.files import read_manifest
+
+    run(tmp_path, [])
+    student = tmp_path / "run" / "student"
+    content = read_manifest(student)["content"]
+    shutil.rmtree(student)
+    with caplog.at_level(logging.INFO, logger="fdistill"):
+        run(tmp_path, [])
+    assert "the distilled student does not verify" in caplog.text and "resuming from step 3/3" in caplog.text
+    assert read_manifest(student)["content"] == content  # the same weights as before
+
+
+def test_a_garbled_distilled_student_is_never_evaluated(tmp_path, caplog):
+    from fdistill.files import read_manifest
+
+    run(tmp_path, ["pipeline.evaluate.enabled=false"])  # train now ...
+    student = tmp_path / "run" / "student"
+    content = read_manifest(student)["content"]
+    _garble(student / "model.safetensors")
+    with caplog.at_level(logging.INFO, logger="fdistill"):
+        run(tmp_path, [])  # ... evaluate later: the damage is found and repaired from the checkpoint first
+    assert "model.safetensors does not match its checksum" in caplog.text
+    assert read_manifest(student)["content"] == content
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+# ------------------------------------------------------------------ 10. content digests cover content only
+def test_a_rebuilt_artifact_with_the_same_content_keeps_its_run_dirs_valid(tmp_path):
+    import shutil
+
+    run(tmp_path, ["divergence=tvd"])  # uses offline teacher samples
+    samples = next(path for path in (tmp_path / "cache" / "teacher_samples").iterdir() if path.is_dir()
+                   and not path.name.endswith(".partial"))
+    content = json.loads((samples / MANIFEST).read_text())["content"]
+    assert not (samples / "timing.json").exists()
+    assert json.loads((samples / MANIFEST).read_text())["build_seconds"] > 0  # the build time lives here
+    shutil.rmtree(samples)  # "delete it and it is rebuilt"
+    run(tmp_path, ["divergence=tvd"])
+    assert json.loads((samples / MANIFEST).read_text())["content"] == content
+
+
+# ------------------------------------------------------------------ 11. train now, evaluate later
+def test_train_now_evaluate_later_without_distilling_again(tmp_path, caplog):
+    run(tmp_path, ["pipeline.evaluate.enabled=false"])
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    with caplog.at_level(logging.INFO, logger="fdistill"):
+        run(tmp_path, [])
+    assert "[distill] already complete" in caplog.text and "distill: " not in caplog.text
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # and a later run with evaluation off leaves the finished evaluation's record bound to its results
+    run(tmp_path, ["pipeline.evaluate.enabled=false"])
+    record = json.loads((tmp_path / "run" / "stages" / "evaluate.json").read_text())
+    assert not record.get("skipped") and "spec" in record
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+
+
+# ------------------------------------------------------------------ 12. damaged records: one message, the fix
+@pytest.mark.parametrize("record", ["stages/distill.json", "distill/spec.json"])
+def test_a_garbled_stage_record_names_the_file_and_the_fix(tmp_path, record):
+    run(tmp_path, [])
+    (tmp_path / "run" / record).write_text('{"spec": {"divergence": ')
+    with pytest.raises(RunDirError) as caught:
+        run(tmp_path, [])
+    assert str(tmp_path / "run" / record) in str(caught.value) and "delete it and re-run" in str(caught.value)
+
+
+def test_an_artifact_manifest_without_its_content_key_is_an_artifact_error(tmp_path):
+    cache, path = _published(tmp_path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    del manifest["content"]
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"lacks \['content'\].*rebuild=\[teacher\]"):
+        cache.lookup("teacher", {"a": 1})
+
+
+@pytest.mark.parametrize("case", ["not-a-run", "not-evaluated"])
+def test_the_evaluation_cli_refuses_a_dir_without_an_evaluation(tmp_path, case):
+    if case == "not-evaluated":
+        run(tmp_path, ["pipeline.evaluate.enabled=false"])
+    else:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "notes.txt").write_text("x")
+    result = subprocess.run([str(PYTHON), "-m", "fdistill.evaluation", "--run-dir", str(tmp_path / "run")], cwd=REPO,
+                            env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert {"not-a-run": "is not an fdistill run dir",
+            "not-evaluated": "has no finished evaluate stage"}[case] in result.stderr
+
+
+def test_ctrl_c_prints_where_the_run_stopped_and_the_rerun_resumes(tmp_path):
+    import signal
+    import time
+
+    from pipeline_cli import checkpoint_step
+
+    args = [*TINY, "pipeline.distill.max_steps=400", "pipeline.distill.checkpoint_every=5",
+            "pipeline.evaluate.analyses=[]", f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache",
+            f"hydra.run.dir={tmp_path}/run"]
+    process = subprocess.Popen([str(PYTHON), "run.py", *args], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while checkpoint_step(tmp_path, "run/distill") < 10:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("fdistill: interrupted during distill at step ") and "/400 (last checkpoint: step" in last
+    assert "re-run the same command to resume" in last
+
+
+@pytest.mark.skipif(not Path("/bin/mount").exists() or __import__("os").geteuid() != 0,
+                    reason="a full disk is simulated with a small tmpfs, which needs root (mount)")
+def test_a_full_disk_mid_run_is_one_message_with_exit_code_2(tmp_path, monkeypatch, capsys):
+    import fdistill.pipeline.preflight as preflight_module
+    from fdistill.cli import guarded
+
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        monkeypatch.setattr(preflight_module, "MIN_FREE_BYTES", 0)  # the up-front check would refuse this disk
+        with pytest.raises(SystemExit) as stopped, guarded():
+            run(tmp_path, [f"paths.output_dir={full}"], run_dir=full / "run")
+        assert stopped.value.code == 2
+        message = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+        assert message.startswith("fdistill: error: ") and "lack of disk space" in message, message
+        assert "re-run the same command to resume" in message
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+
+
+# ------------------------------------------------------------------ 13. a waiting process says for whom it waits
+def test_a_process_waiting_for_a_lock_names_its_holder(tmp_path, caplog):
+    from fdistill.locks import held_lock
+
+    lock = tmp_path / "teacher" / "abc.lock"
+    lock.parent.mkdir()
+    holder = subprocess.Popen([str(PYTHON), "-c", "import sys, time; from pathlib import Path; "
+                               "from fdistill.locks import held_lock\n"
+                               "with held_lock(Path(sys.argv[1]), 'x'):\n"
+                               "    print('held', flush=True); time.sleep(2.5)", str(lock)],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with caplog.at_level(logging.INFO, logger="fdistill"), held_lock(lock, "the teacher artifact", report_every=0.5):
+        pass
+    holder.wait()
+    assert f"waiting for the lock on the teacher artifact, held by pid {holder.pid}" in caplog.text
+    assert "still waiting for the lock on the teacher artifact" in caplog.text
+    assert "got the lock on the teacher artifact" in caplog.text
+
+
+# ------------------------------------------------------------------ 14. results respect the umask
+def test_results_and_artifacts_are_readable_under_the_umask(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        run(tmp_path, [])
+    finally:
+        os.umask(previous)
+    checked = 0
+    for path in [*(tmp_path / "run").rglob("*"), *(tmp_path / "cache").rglob("*")]:
+        if path.is_symlink() or path.suffix == ".lock":
+            continue
+        mode = stat.S_IMODE(path.stat().st_mode)
+        expected = 0o755 if path.is_dir() else 0o644
+        assert mode == expected, f"{path} has mode {oct(mode)}, expected {oct(expected)}"
+        checked += 1
+    names = {path.name for path in (tmp_path / "run").rglob("*")}
+    assert {"metrics.json", "predictions.jsonl", "evaluate.json", "config.json", "manifest.json"} <= names
+    assert checked > 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from fdistill.cli import guarded
 from fdistill.evaluation.rescore import rescore_run
 from fdistill.evaluation.text_metrics import available_metrics
 
@@ -19,8 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bleurt-checkpoint", default=None)
     args = parser.parse_args(argv)
     metrics = [name.strip() for name in args.metrics.split(",") if name.strip()] if args.metrics else None
-    path = rescore_run(args.run_dir, metrics, bertscore_encoder=args.bertscore_encoder,
-                       moverscore_encoder=args.moverscore_encoder, bleurt_checkpoint=args.bleurt_checkpoint)
+    with guarded():
+        path = rescore_run(args.run_dir, metrics, bertscore_encoder=args.bertscore_encoder,
+                           moverscore_encoder=args.moverscore_encoder, bleurt_checkpoint=args.bleurt_checkpoint)
     print(f"wrote {path}")
 
 

@@ -13,11 +13,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fdistill.files import atomic_write_text
+from fdistill.errors import CorruptFileError
+from fdistill.files import atomic_write_text, read_json_file
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
 PREDICTION_FIELDS = ("id", "source", "prediction", "references")
+REDO_EVALUATION = ("delete the run dir's stages/evaluate.json and re-run the same command to evaluate again "
+                   "(the distilled student is kept)")
 
 
 def write_predictions(run_dir: str | Path, records: Iterable[dict[str, Any]]) -> Path:
@@ -41,7 +44,10 @@ def read_predictions(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / PREDICTIONS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {PREDICTIONS_FILE} in {run_dir}: run the evaluation stage first")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, ValueError) as error:
+        raise CorruptFileError(f"{path} cannot be read ({type(error).__name__}: {error}); {REDO_EVALUATION}") from None
 
 
 def write_metrics(run_dir: str | Path, metrics: dict[str, Any], metadata: dict[str, Any]) -> Path:
@@ -56,5 +62,7 @@ def read_metrics(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return {}, {}
-    content = json.loads(path.read_text(encoding="utf-8"))
+    content = read_json_file(path, "metrics file", REDO_EVALUATION)
+    if not isinstance(content, dict) or not {"metrics", "metadata"} <= set(content):
+        raise CorruptFileError(f"{path} lacks its metrics/metadata sections; {REDO_EVALUATION}")
     return content["metrics"], content["metadata"]

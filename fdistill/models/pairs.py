@@ -83,12 +83,14 @@ def teacher_layer_counts(pair_cfg: Mapping[str, Any] | DictConfig) -> dict[str, 
     return {stack: source.get(key) for stack, key in zip(STACKS, keys, strict=True)}
 
 
-def student_layer_plan(pair_cfg: Mapping[str, Any] | DictConfig) -> dict[str, list[int]]:
+def student_layer_plan(pair_cfg: Mapping[str, Any] | DictConfig,
+                       counts: Mapping[str, int | None] | None = None) -> dict[str, list[int]]:
     """The teacher layers a layer-copy student of this pair takes per stack, computed from the config only
-    (validates indices against the teacher's layer counts); empty for the other init methods."""
+    (validates indices against the teacher's layer counts: the pair's, or `counts` read from the checkpoint's
+    config); empty for the other init methods."""
     pair = _plain(pair_cfg)
     student = pair["student"]
-    counts = teacher_layer_counts(pair)
+    counts = teacher_layer_counts(pair) if counts is None else counts
     if pair["architecture"] == "encoder_decoder" and None in counts.values():
         raise ValueError(
             f"pair {pair['name']!r}: encoder-decoder teacher needs both layer counts "

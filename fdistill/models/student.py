@@ -86,6 +86,13 @@ def plan_layers(
     return plan
 
 
+def checkpoint_layer_counts(config) -> dict[str, int | None]:
+    """Layers per stack of a checkpoint's config (None: the architecture has no such stack)."""
+    layout = layer_layout(config.model_type)
+    return {stack: None if layout.count_key(stack) is None else getattr(config, layout.count_key(stack))
+            for stack in STACKS}
+
+
 def init_student(
     teacher: PreTrainedModel,
     method: str = "layer_copy",
@@ -118,10 +125,7 @@ def init_student(
         return model_class.from_pretrained(name_or_path, trust_remote_code=False, **overrides).train()
 
     layout = layer_layout(teacher.config.model_type)
-    teacher_counts = {
-        stack: None if layout.count_key(stack) is None else getattr(teacher.config, layout.count_key(stack))
-        for stack in STACKS
-    }
+    teacher_counts = checkpoint_layer_counts(teacher.config)
     layer_map = plan_layers(
         teacher_counts,
         {"encoder": num_encoder_layers, "decoder": num_decoder_layers},

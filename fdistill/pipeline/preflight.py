@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fdistill.config import OBJECTIVES_OUTSIDE_REGISTRY, FdistillConfig
@@ -22,7 +22,8 @@ from fdistill.data import available_datasets
 from fdistill.divergences import available_divergences, get_divergence
 from fdistill.errors import ConfigError, StorageError
 from fdistill.evaluation import available_metrics
-from fdistill.models import check_same_vocab, load_tokenizer
+from fdistill.models import check_same_vocab, load_tokenizer, student_layer_plan, teacher_layer_counts
+from fdistill.models.student import checkpoint_layer_counts
 from fdistill.training.objectives import OBJECTIVES, objective_name
 from fdistill.training.rewards import check_reward_config
 
@@ -77,12 +78,28 @@ def preflight(cfg: FdistillConfig, check_resources: bool = True) -> Preflight:
                           "for a student with another d_model")
     if cfg.pair.teacher.build is not None:
         _check_positions(cfg, _tiny_position_limit(cfg.pair.teacher.build), f"pair.teacher.build of {cfg.pair.name!r}")
+    if cfg.pipeline.distill.enabled or cfg.pipeline.predistill.enabled or cfg.pipeline.evaluate.enabled:
+        _check_student_layers(cfg)
     if check_resources:
         check_storage(cfg)
         check_evaluation_resources(cfg)
         _check_tokenizers(cfg)
         _check_gguf(cfg)
     return Preflight(divergence=divergence, needs=needs, is_encoder_decoder=cfg.pair.architecture == "encoder_decoder")
+
+
+def _check_student_layers(cfg: FdistillConfig, counts: dict | None = None) -> None:
+    """The layer-copy student's layers exist in the teacher: from the pair's layer counts (config only), or
+    from `counts` of the checkpoint's config (check_pair) when the pair does not state them."""
+    pair = asdict(cfg.pair)
+    if counts is None:
+        counts = teacher_layer_counts(pair)
+        if counts["decoder"] is None or (cfg.pair.architecture == "encoder_decoder" and counts["encoder"] is None):
+            return  # unknown without the checkpoint: check_pair reads its config
+    try:
+        student_layer_plan(pair, counts)
+    except ValueError as error:
+        raise ConfigError(f"pair.student of pair {cfg.pair.name!r}: {error}") from None
 
 
 def _check_gguf(cfg: FdistillConfig) -> None:
@@ -278,3 +295,5 @@ def check_pair(cfg: FdistillConfig, tokenizer, teacher_dir: str) -> None:
         student_config = AutoConfig.from_pretrained(pair.student.name_or_path)
         _check_positions(cfg, model_position_limit(student_config), f"student {pair.student.name_or_path}")
     _check_positions(cfg, model_position_limit(teacher_config), f"teacher {teacher_dir}")
+    if pair.student.init == "layer_copy":
+        _check_student_layers(cfg, checkpoint_layer_counts(teacher_config))

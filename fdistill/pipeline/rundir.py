@@ -6,7 +6,10 @@ artifacts; a stage in progress records the same in ``<work dir>/spec.json``. A r
 doing anything: equal → the stage is skipped or resumed; different → :class:`~fdistill.errors.RunDirError`
 naming the differing keys (a run dir never returns results of another config under a new label), or,
 with ``pipeline.on_run_dir_conflict=archive``, the old contents move to ``.replaced/<UTC time>/`` and the
-run starts fresh. One process at a time may run in a run dir (a lock file, released when it exits).
+run starts fresh. A stage that a run skipped (``enabled=false``) leaves a record that conflicts with
+nothing, and never replaces the record of a finished one: train now, evaluate later. A record that cannot be
+read is an error naming it and the fix. One process at a time may run in a run dir (a lock file, released when
+it exits; a refused run names the process that holds it).
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
-from fdistill.errors import RunDirError
-from fdistill.files import REPLACED_DIR, atomic_write_text, write_json_atomic
+from fdistill.errors import CorruptFileError, RunDirError
+from fdistill.files import REPLACED_DIR, atomic_write_text, read_json_file, write_json_atomic
+from fdistill.locks import describe_holder, try_lock
 from fdistill.pipeline.cache import config_hash
 
 LOCK_FILE = ".fdistill.lock"
@@ -60,17 +62,12 @@ class RunDirectory:
     def locked(self) -> Iterator[None]:
         """Hold the run dir's lock for the block; another process holding it is an error, not a wait."""
         self.path.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path / LOCK_FILE))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise RunDirError(f"another fdistill process is running in {self.path}; wait for it to finish (two runs "
-                              "in one run dir would train twice and duplicate every log row), or give this one "
-                              "another hydra.run.dir") from None
-        try:
+        with try_lock(self.path / LOCK_FILE) as free:
+            if not free:
+                raise RunDirError(f"another fdistill process ({describe_holder(self.path / LOCK_FILE)}) is running in "
+                                  f"{self.path}; wait for it to finish (two runs in one run dir would train twice and "
+                                  "duplicate every log row), or give this one another hydra.run.dir")
             yield
-        finally:
-            lock.release()
 
     def _marker(self, stage: str) -> Path:
         return self.path / STAGES_DIR / f"{stage}.json"
@@ -79,14 +76,27 @@ class RunDirectory:
         records = []
         for path in (self._marker(stage), work_dir / SPEC_FILE if work_dir is not None else None):
             if path is not None and path.is_file():
-                records.append((path, json.loads(path.read_text())))
+                records.append((path, self._read(path, stage)))
         return records
+
+    def _read(self, path: Path, stage: str) -> dict:
+        fix = (f"delete it and re-run (the {stage} stage is then redone; a stage with a checkpoint resumes from it), "
+               "or set pipeline.on_run_dir_conflict=archive to start this run dir afresh")
+        try:
+            record = read_json_file(path, f"the {stage} record", fix)
+        except CorruptFileError as error:
+            raise RunDirError(str(error)) from None
+        if not isinstance(record, dict):
+            raise RunDirError(f"the {stage} record {path} is not a JSON object; {fix}")
+        return record
 
     def conflicts(self, stage: str, spec: dict, work_dir: Path | None = None,
                   inputs: Mapping[str, str] | None = None) -> list[str]:
         """Differences between `spec` (and, when given, the input contents) and what the run dir recorded."""
         found = []
         for path, record in self._records(stage, work_dir):
+            if record.get("skipped"):  # a stage this run dir skipped holds no results: enabling it is no conflict
+                continue
             if "spec" not in record:
                 found.append(f"{path} records no spec (made by an older fdistill)")
                 continue
@@ -127,7 +137,19 @@ class RunDirectory:
     def is_complete(self, stage: str, spec: dict, inputs: Mapping[str, str], work_dir: Path | None = None) -> bool:
         """True when the stage finished under this spec and inputs; a mismatch is resolved (error or archive)."""
         self._resolve(list(dict.fromkeys(self.conflicts(stage, spec, work_dir, inputs))))
-        return self._marker(stage).is_file()
+        marker = self._marker(stage)
+        return marker.is_file() and not self._read(marker, stage).get("skipped", False)
+
+    def record(self, stage: str) -> dict | None:
+        """The completion record of `stage` (None when there is none)."""
+        marker = self._marker(stage)
+        return self._read(marker, stage) if marker.is_file() else None
+
+    def mark_skipped(self, stage: str, info: Mapping[str, Any]) -> None:
+        """Record that this run skipped `stage`, unless a finished one is recorded (its results stay bound)."""
+        existing = self.record(stage)
+        if existing is None or existing.get("skipped"):
+            write_json_atomic(self._marker(stage), {**info, "skipped": True})
 
     def begin(self, stage: str, spec: dict, inputs: Mapping[str, str], work_dir: Path) -> None:
         """Record the spec of a stage that is about to run (a resumed run compares it)."""

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -26,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fdistill.config import FdistillConfig, validate_config
 from fdistill.data import SyntheticTask, load_from_config, training_pairs
-from fdistill.files import write_json_atomic
+from fdistill.errors import ArtifactError
+from fdistill.files import manifest_problem, read_manifest, write_json_atomic, write_manifest
 from fdistill.logs import quiet_libraries
 from fdistill.models import (
     SeqCollator,
@@ -42,6 +42,7 @@ from fdistill.pipeline.evaluate_stage import run_evaluation
 from fdistill.pipeline.preflight import Preflight, check_pair, preflight
 from fdistill.pipeline.rundir import RunDirectory
 from fdistill.pipeline.specs import StageSpecs
+from fdistill.progress import POSITION
 from fdistill.sampling import load_teacher_samples, sample_teacher_offline
 from fdistill.training.loop import drop_checkpoints, num_training_steps, parameter_digest, train
 from fdistill.training.objectives import (
@@ -117,7 +118,8 @@ class Pipeline:
         model = self.accelerator.prepare(model)
         steps = num_training_steps(stage_cfg, num_items)
         result = train(accelerator=self.accelerator, model=model, loss_fn=loss_fn, stage=stage_cfg,
-                       total_steps=steps, work_dir=work_dir, desc=name, on_log=self._wandb_logger(name))
+                       total_steps=steps, work_dir=work_dir, desc=name, on_log=self._wandb_logger(name),
+                       checksums=self.cfg.pipeline.verify_artifacts)
         self.timings[f"{name}_seconds"] = result.seconds
         self.accelerator.free_memory()
 
@@ -221,7 +223,7 @@ class Pipeline:
         check_pair(cfg, tokenizer, base_dir)
         base = ModelRef(base_dir, self.specs.base_teacher_identity(), gguf)
         if self.specs.sft_skipped():
-            self._mark("teacher_sft", {"teacher": base.identity}, {}, {"skipped": True, "teacher": base_dir})
+            self._mark_skipped("teacher_sft", {"teacher": base_dir, "teacher_identity": base.identity})
             return tokenizer, base
         sft = cfg.pipeline.teacher_sft
         spec = self.specs.teacher()
@@ -267,6 +269,10 @@ class Pipeline:
         if self.is_main:
             self.rundir.complete(stage, spec, inputs, info)
 
+    def _mark_skipped(self, stage: str, info: dict) -> None:
+        if self.is_main:
+            self.rundir.mark_skipped(stage, info)
+
     def _mark_artifact_stage(self, stage: str, artifact: Artifact) -> None:
         self._mark(stage, artifact.spec, {f"{artifact.kind}/{artifact.key}": artifact.content},
                    {"artifact": str(artifact.path), "key": artifact.key})
@@ -288,7 +294,7 @@ class Pipeline:
         """predistill: w_mle·MLE + w_kl·word-level KL + w_hidden·hidden-state MSE (Shleifer & Rush 2020)."""
         cfg = self.cfg.pipeline.predistill
         if not cfg.enabled:
-            self._mark("predistill", {"student": student.identity}, {}, {"skipped": True})
+            self._mark_skipped("predistill", {"student_identity": student.identity})
             return student
 
         def build(work_dir: Path) -> None:
@@ -312,19 +318,19 @@ class Pipeline:
         """teacher_sampling: n offline samples per training input, generated once (f-DISTILL Sec. 2.3)."""
         cfg = self.cfg.pipeline.teacher_sampling
         if not self.specs.samples_needed():
-            self._mark("teacher_sampling", {}, {}, {"skipped": True, "reason": "the objective needs no offline samples"})
+            self._mark_skipped("teacher_sampling", {"reason": "the objective needs no offline samples"})
             return None
 
         def build(work_dir: Path) -> None:
+            POSITION.enter("teacher_sampling")
             if not self.is_main:
                 return
             teacher_model = load_teacher(teacher.path, self.cfg.pair.architecture).to(self.accelerator.device).eval()
             training = self._training_set(tokenizer, data)
-            start = time.perf_counter()
+            # the build's seconds go to artifact.json, not into the artifact: its content digest covers content only
             sample_teacher_offline(teacher_model, data["collator_factory"](tokenizer), training.example_source_ids,
                                    [ex.id for ex in data["train_examples"]], cfg.decoding, cfg.num_samples,
                                    cfg.batch_size, self.cfg.pipeline.artifact_seed, work_dir)
-            write_json_atomic(work_dir / "timing.json", {"seconds": time.perf_counter() - start})
 
         artifact = self.cache.get_or_build("teacher_samples", self.specs.teacher_samples(teacher.identity), build,
                                            self.accelerator, inputs=_inputs(teacher))
@@ -337,13 +343,19 @@ class Pipeline:
         Returns the distilled student's directory and the stage's spec (None when disabled)."""
         cfg = self.cfg.pipeline.distill
         if not cfg.enabled:
-            self._mark("distill", {"student": student.identity}, {}, {"skipped": True})
+            self._mark_skipped("distill", {"student_identity": student.identity})
             return student.path, None
         out_dir = self.run_dir / "student"
         work_dir = self.run_dir / "distill"
         spec = self.specs.distill(student.identity, teacher.identity, None if samples is None else samples.identity)
         inputs = _contents(student, teacher, samples)
         complete = self.rundir.is_complete("distill", spec, inputs, work_dir) if self.is_main else False
+        if complete:  # the finished student must still be what distill wrote, else it is made again
+            problem = manifest_problem(out_dir, self.cfg.pipeline.verify_artifacts)
+            if problem is not None:
+                log.warning("[distill] the distilled student does not verify (%s); running the stage again, which "
+                            "resumes from its last checkpoint in %s", problem, work_dir)
+                complete = False
         if _any_process(self.accelerator, complete):
             self._info("[distill] already complete in %s (same config and inputs); skipping", self.run_dir)
             return str(out_dir), spec
@@ -372,7 +384,11 @@ class Pipeline:
         self._train_stage("distill", student_model, objective, cfg, num_items, work_dir)
         self._write_process_record(student_model, objective)
         self._save_model(student_model, tokenizer, out_dir)
-        self._mark("distill", spec, inputs, {"student": str(out_dir), "seconds": self.timings.get("distill_seconds")})
+        student_content = None
+        if self.is_main:  # the run's student: verified like a cache artifact before it is evaluated or reused
+            student_content = write_manifest(out_dir, self.cfg.pipeline.verify_artifacts)["content"]
+        self._mark("distill", spec, inputs, {"student": str(out_dir), "student_content": student_content,
+                                             "seconds": self.timings.get("distill_seconds")})
         return str(out_dir), spec
 
     def _write_process_record(self, student, objective: Objective) -> None:
@@ -388,8 +404,9 @@ class Pipeline:
                        tokenizer, data: dict) -> dict:
         cfg = self.cfg.pipeline.evaluate
         metrics_path = self.run_dir / "metrics.json"
+        POSITION.enter("evaluate")
         if not cfg.enabled:
-            self._mark("evaluate", {}, {}, {"skipped": True})
+            self._mark_skipped("evaluate", {})
             return {}
         spec = self.specs.evaluate(distill_spec, student.identity, teacher.identity, data["eval_digest"])
         inputs = _contents(teacher) if distill_spec is not None else _contents(student, teacher)
@@ -399,11 +416,25 @@ class Pipeline:
                 log.info("[evaluate] already complete (same config and inputs): %s", metrics_path)
                 result = json.loads(metrics_path.read_text())
             else:
+                if distill_spec is not None:
+                    self._verify_run_student(Path(student_dir))
                 log.info("[evaluate] %s split, %d inputs", cfg.split, len(data["eval_examples"]))
                 result = run_evaluation(self, student_dir, teacher, tokenizer, data)
                 self.rundir.complete("evaluate", spec, inputs, {"metrics": str(metrics_path)})
         self.accelerator.wait_for_everyone()
         return result
+
+    def _verify_run_student(self, student_dir: Path) -> None:
+        """The distilled student is what the distill stage recorded (its manifest, and the content the stage's
+        record names); else an error naming it and the fix."""
+        problem = manifest_problem(student_dir, self.cfg.pipeline.verify_artifacts)
+        recorded = (self.rundir.record("distill") or {}).get("student_content")
+        if problem is None and recorded is not None and read_manifest(student_dir).get("content") != recorded:
+            problem = "its manifest is not the one the distill stage recorded"
+        if problem is not None:
+            raise ArtifactError(f"the distilled student {student_dir} does not verify: {problem}. Delete "
+                                f"{self.run_dir / 'stages' / 'distill.json'} and re-run: distill makes it again from its "
+                                f"last checkpoint in {self.run_dir / 'distill'}")
 
     # ------------------------------------------------------------------ data
     def _training_set(self, tokenizer, data: dict) -> TrainingSet:

@@ -111,14 +111,16 @@ class StageSpecs:
                 "eval_examples_sha256": eval_digest, "seed": self.cfg.seed}
 
     def run_level(self, eval_digest: str) -> dict[str, dict]:
-        """The specs of the run-level stages (distill, evaluate), from the config alone."""
+        """The specs of the enabled run-level stages (distill, evaluate), from the config alone."""
         teacher = self.teacher_identity()
         student = artifact_identity("student_init", self.student_init(teacher))
         if self.cfg.pipeline.predistill.enabled:
             student = artifact_identity("predistill", self.predistill(student, teacher))
         samples = artifact_identity("teacher_samples", self.teacher_samples(teacher)) if self.samples_needed() else None
         distill = self.distill(student, teacher, samples) if self.cfg.pipeline.distill.enabled else None
-        planned = {"evaluate": self.evaluate(distill, student, teacher, eval_digest)}
+        planned = {}
+        if self.cfg.pipeline.evaluate.enabled:  # a disabled stage is not checked: it neither runs nor writes
+            planned["evaluate"] = self.evaluate(distill, student, teacher, eval_digest)
         if distill is not None:
             planned["distill"] = distill
         return planned
