@@ -324,13 +324,68 @@ class EvaluateConfig:
 
 
 ARTIFACT_KINDS = ("gguf", "teacher", "student_init", "predistill", "teacher_samples", "teacher_eval")
+STRATEGIES = ("ddp", "fsdp")
+PARAM_DTYPES = ("float32", "bfloat16")
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class DistributedConfig:
+    """How the processes of a multi-GPU (or multi-process CPU) run share the work (`fdistill/parallel.py`)."""
+
+    #: ddp: every process holds the whole trained model (accelerate's DDP); fsdp: its parameters, gradients and
+    #: optimizer states are sharded across the processes (PyTorch FSDP2 ``fully_shard``, applied by fdistill
+    #: itself on CPU and GPU alike: one unit per transformer layer, the untied output head, and the root)
+    strategy: str = "ddp"
+    #: shard the frozen teacher across the processes (FSDP2, inference only: no gradient or optimizer state), so
+    #: a teacher larger than one GPU's share fits; its layers are gathered one at a time in each forward
+    shard_teacher: bool = False
+    #: fsdp: the untied output head as its own unit (`auto`: for heads of >= 2^24 parameters, e.g. a 128k x 4k
+    #: Llama-3 head) or inside the root unit (`root`); a tied head always shares the root with the embeddings
+    head_unit: str = "auto"
+    #: minutes a process waits for the others at a collective (barrier, all-gather) before it fails
+    timeout_minutes: int = 30
+
+    def check(self, key: str) -> None:
+        _require(self.strategy in STRATEGIES, f"{key}.strategy", self.strategy,
+                 "ddp or fsdp (DeepSpeed is not supported: use fsdp for sharded training)")
+        _require(self.head_unit in ("auto", "own", "root"), f"{key}.head_unit", self.head_unit, "auto, own or root")
+        _require(self.timeout_minutes > 0, f"{key}.timeout_minutes", self.timeout_minutes, "> 0")
+
+
+@dataclass
+class PrecisionConfig:
+    """The dtypes of weights (the autocast dtype of the math is ``pipeline.mixed_precision``)."""
+
+    #: trained models' weights and optimizer states: float32 master weights (with bf16 autocast through
+    #: mixed_precision=bf16) or pure bfloat16 (halves their memory; small updates are lost)
+    params: str = "float32"
+    #: the frozen teacher's weights: `auto` = bfloat16 on a GPU, float32 on the CPU
+    teacher: str = "auto"
+    #: TF32 matmuls on Ampere and newer GPUs (no effect on CPU)
+    tf32: bool = True
+
+    def check(self, key: str) -> None:
+        _require(self.params in PARAM_DTYPES, f"{key}.params", self.params, f"one of {PARAM_DTYPES}")
+        _require(self.teacher in TEACHER_DTYPES, f"{key}.teacher", self.teacher, f"one of {TEACHER_DTYPES}")
 
 
 @dataclass
 class PipelineConfig:
     artifact_seed: int = 0
-    mixed_precision: str = "no"
+    #: autocast dtype: no | fp16 | bf16; null: the launcher's (`accelerate launch --mixed_precision`), else no
+    mixed_precision: str | None = None
     cpu: bool = False
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    #: recompute activations in backward (trained models): less memory, about a third more time
+    gradient_checkpointing: bool = False
+    #: passed to from_pretrained (sdpa, eager, flash_attention_2, ...); null: transformers' default (sdpa where
+    #: the architecture supports it)
+    attn_implementation: str | None = None
+    #: token rows per chunk of every fused and chunked loss (divergences, cross-entropy, analyses); null: by
+    #: device (CPU: about 2^20 logits per chunk, cache-sized; GPU: about 2^28, at least 1,024 rows)
+    chunk_tokens: int | None = None
     #: checksum every file of a cached artifact when it is used (sizes are always checked); false for
     #: huge checkpoints whose hashing costs more than you want to pay
     verify_artifacts: bool = True
@@ -351,8 +406,14 @@ class PipelineConfig:
     def check(self, key: str) -> None:
         _require(0 <= self.artifact_seed < 2**32, f"{key}.artifact_seed", self.artifact_seed,
                  "an integer in [0, 2**32) (numpy and torch seeds)")
-        _require(self.mixed_precision in ("no", "fp16", "bf16"), f"{key}.mixed_precision",
-                 self.mixed_precision, "no, fp16 or bf16")
+        _require(self.mixed_precision in (None, "no", "fp16", "bf16"), f"{key}.mixed_precision",
+                 self.mixed_precision, "null (the launcher's), no, fp16 or bf16")
+        _require(self.chunk_tokens is None or self.chunk_tokens > 0, f"{key}.chunk_tokens", self.chunk_tokens,
+                 "null or a positive number of token rows")
+        if self.distributed.strategy == "fsdp" and self.mixed_precision == "fp16":
+            raise ConfigError("config error: pipeline.mixed_precision=fp16 with pipeline.distributed.strategy=fsdp is "
+                              "not supported (sharded fp16 training needs a sharded loss scaler); use "
+                              "pipeline.mixed_precision=bf16 (same speed on A100/H100, no loss scaling needed)")
         unknown = sorted(set(self.rebuild) - set(ARTIFACT_KINDS))
         _require(not unknown, f"{key}.rebuild", unknown, f"a list of artifact kinds among {list(ARTIFACT_KINDS)}")
         _require(self.on_run_dir_conflict in ("error", "archive"), f"{key}.on_run_dir_conflict",
@@ -441,8 +502,37 @@ def _close_match(key: str, schema: Any) -> str | None:
     return f"{parent + '.' if parent else ''}{matches[0]}" if matches else None
 
 
+def resolve_mixed_precision(configured: str | None) -> str:
+    """`pipeline.mixed_precision`, or where it is null the launcher's (``accelerate launch --mixed_precision``
+    sets ACCELERATE_MIXED_PRECISION), else "no"."""
+    import os
+
+    if configured is not None:
+        return configured
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"config error: the launcher's mixed precision {launcher!r} (ACCELERATE_MIXED_PRECISION) is "
+                          "not supported; use no, fp16 or bf16, or set pipeline.mixed_precision")
+    return launcher
+
+
+def _check_launcher(cfg: FdistillConfig) -> None:
+    """accelerate's own DeepSpeed and FSDP plugins are not how fdistill shards: say what to use instead."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ConfigError("config error: DeepSpeed (accelerate launch --use_deepspeed) is not supported by fdistill; "
+                          "for sharded training launch without it and set pipeline.distributed.strategy=fsdp "
+                          "(and pipeline.distributed.shard_teacher=true for a sharded teacher)")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise ConfigError("config error: accelerate's FSDP plugin (accelerate launch --use_fsdp) is not used by "
+                          "fdistill, which shards with FSDP2 itself; launch without it and set "
+                          f"pipeline.distributed.strategy=fsdp (now {cfg.pipeline.distributed.strategy})")
+
+
 def validate_config(cfg: DictConfig) -> FdistillConfig:
-    """Type- and range-check a composed config; returns the typed object (raises ConfigError).
+    """Type- and range-check a composed config; returns the typed object (raises ConfigError), with
+    `pipeline.mixed_precision` resolved (null: the launcher's choice).
 
     Keys the schema does not know are rejected (Hydra's `+key=value` adds any key, even to a typed node)."""
     unknown = [key for key in _unknown_keys(cfg, FdistillConfig(), "") if not key.startswith("hydra")]
@@ -456,4 +546,7 @@ def validate_config(cfg: DictConfig) -> FdistillConfig:
     except Exception as error:  # omegaconf's type errors: name the key and the value
         raise ConfigError(f"config error: {error}") from None
     _check_tree(typed, "")
+    _check_launcher(typed)
+    typed.pipeline.mixed_precision = resolve_mixed_precision(typed.pipeline.mixed_precision)
+    _check_tree(typed.pipeline, "pipeline")  # the resolved value too (fp16 with fsdp)
     return typed  # type: ignore[return-value]

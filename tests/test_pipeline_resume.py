@@ -26,7 +26,8 @@ from pipeline_cli import (
     start_and_kill,
 )
 
-from fdistill.config import OptimConfig, TrainStageConfig
+from fdistill.config import OptimConfig, PipelineConfig, TrainStageConfig
+from fdistill.parallel import Parallel
 from fdistill.training.loop import CHECKPOINT, STATE_FILE, parameter_digest, train
 from fdistill.training.optim import linear_warmup_cooldown
 
@@ -63,18 +64,19 @@ def _stage(max_steps: int, grad_accum: int = 1) -> TrainStageConfig:
 def _run_stages(work_dir: Path, crash_at: int | None) -> torch.nn.Module:
     """A new "process": a first stage (as teacher SFT would be), then the stage under test."""
     accelerator = Accelerator(cpu=True)
-    first = accelerator.prepare(_tiny_model())
-    train(accelerator=accelerator, model=first, loss_fn=_loss_fn(), stage=_stage(4), total_steps=4,
+    train(parallel=_parallel(accelerator), model=_tiny_model(), loss_fn=_loss_fn(), stage=_stage(4), total_steps=4,
           work_dir=work_dir / "first", desc="first")
     accelerator.free_memory()
     return _run_second_stage(accelerator, work_dir, crash_at)
 
 
+def _parallel(accelerator: Accelerator) -> Parallel:
+    return Parallel(accelerator, PipelineConfig())
+
+
 def _run_second_stage(accelerator: Accelerator, work_dir: Path, crash_at: int | None) -> torch.nn.Module:
-    model = accelerator.prepare(_tiny_model())
-    train(accelerator=accelerator, model=model, loss_fn=_loss_fn(crash_at), stage=_stage(10), total_steps=10,
-          work_dir=work_dir / "second", desc="second")
-    return model
+    return train(parallel=_parallel(accelerator), model=_tiny_model(), loss_fn=_loss_fn(crash_at), stage=_stage(10),
+                 total_steps=10, work_dir=work_dir / "second", desc="second").model
 
 
 def test_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, caplog):
@@ -96,9 +98,9 @@ def test_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, c
 
 def test_gradient_accumulation_steps_the_scheduler_once_per_optimizer_step(tmp_path):
     accelerator = Accelerator(cpu=True)
-    model = accelerator.prepare(_tiny_model())
     stage = _stage(4, grad_accum=3)
-    train(accelerator=accelerator, model=model, loss_fn=_loss_fn(), stage=stage, total_steps=4, work_dir=tmp_path,
+    train(parallel=_parallel(accelerator), model=_tiny_model(), loss_fn=_loss_fn(), stage=stage, total_steps=4,
+          work_dir=tmp_path,
           desc="accumulate")
     with (tmp_path / "log.csv").open() as handle:
         logged = [float(row["lr"]) for row in csv.DictReader(handle)]
@@ -111,7 +113,7 @@ def test_gradient_accumulation_steps_the_scheduler_once_per_optimizer_step(tmp_p
 def test_a_checkpoint_left_by_a_crash_between_swap_and_cleanup_does_not_block_the_next_save(tmp_path):
     def run(total_steps: int) -> None:  # each call is a new process training the same stage
         accelerator = Accelerator(cpu=True)
-        train(accelerator=accelerator, model=accelerator.prepare(_tiny_model()), loss_fn=_loss_fn(),
+        train(parallel=_parallel(accelerator), model=_tiny_model(), loss_fn=_loss_fn(),
               stage=_stage(total_steps), total_steps=total_steps, work_dir=tmp_path, desc="stage")
 
     run(3)

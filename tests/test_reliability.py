@@ -16,9 +16,10 @@ from accelerate import Accelerator
 from hydra import compose, initialize_config_dir
 from pipeline_cli import PYTHON, REPO, cli_env
 
-from fdistill.config import OptimConfig, TrainStageConfig, register_configs, validate_config
+from fdistill.config import OptimConfig, PipelineConfig, TrainStageConfig, register_configs, validate_config
 from fdistill.errors import ArtifactError, ConfigError, RunDirError, StorageError, TrainingDivergedError
 from fdistill.models import build_word_tokenizer
+from fdistill.parallel import Parallel
 from fdistill.pipeline import run_pipeline
 from fdistill.pipeline.cache import MANIFEST, ArtifactCache, checkpoint_fingerprint
 from fdistill.pipeline.preflight import MIN_FREE_BYTES
@@ -62,10 +63,9 @@ def _stage(lr: float, **settings) -> TrainStageConfig:
 
 def _train(tmp_path: Path, stage: TrainStageConfig, loss_fn=_regression) -> Path:
     torch.manual_seed(0)
-    accelerator = Accelerator(cpu=True)
-    model = accelerator.prepare(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)))
-    train(accelerator=accelerator, model=model, loss_fn=loss_fn, stage=stage, total_steps=12,
-          work_dir=tmp_path, desc="distill")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
+    train(parallel=Parallel(Accelerator(cpu=True), PipelineConfig()), model=model, loss_fn=loss_fn, stage=stage,
+          total_steps=12, work_dir=tmp_path, desc="distill")
     return tmp_path
 
 
@@ -532,11 +532,10 @@ def test_a_truncated_optimizer_state_is_refused_without_checksums_too(tmp_path):
     optimizer = tmp_path / CHECKPOINT / "optimizer.bin"
     optimizer.write_bytes(optimizer.read_bytes()[:100])
     torch.manual_seed(0)
-    accelerator = Accelerator(cpu=True)
-    model = accelerator.prepare(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
     with pytest.raises(CheckpointError, match="optimizer.bin has 100 bytes"):
-        train(accelerator=accelerator, model=model, loss_fn=_regression, stage=_stage(0.01), total_steps=12,
-              work_dir=tmp_path, desc="distill", checksums=False)
+        train(parallel=Parallel(Accelerator(cpu=True), PipelineConfig()), model=model, loss_fn=_regression,
+              stage=_stage(0.01), total_steps=12, work_dir=tmp_path, desc="distill", checksums=False)
 
 
 def test_a_damaged_checkpoint_falls_back_to_the_complete_copy_of_a_crashed_swap(tmp_path, caplog):

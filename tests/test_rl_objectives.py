@@ -296,8 +296,8 @@ def test_an_rl_stage_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, di
     run_pipeline(_synthetic_config(tmp_path, overrides), tmp_path / "straight")
     original_save = loop._save_checkpoint
 
-    def crash_after_step_four(accelerator, work_dir, step, scheduler, *args):
-        original_save(accelerator, work_dir, step, scheduler, *args)
+    def crash_after_step_four(parallel, model, optimizer, work_dir, step, *args):
+        original_save(parallel, model, optimizer, work_dir, step, *args)
         if step == 4 and work_dir.name == "distill":
             raise KeyboardInterrupt("killed")
 

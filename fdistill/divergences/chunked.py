@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +29,14 @@ from torch import Tensor
 
 from fdistill.errors import FdistillError
 
-#: default chunk budget: rows × vocabulary elements per chunk (4 MiB per float32 temporary: the chunk's
-#: temporaries stay in the last-level cache; 2**21 elements were ~25% slower on CPU, 2**18 no faster)
+#: default chunk budget on the CPU: rows × vocabulary elements per chunk (4 MiB per float32 temporary: the
+#: chunk's temporaries stay in the last-level cache; 2**21 elements were ~25% slower on CPU, 2**18 no faster)
 DEFAULT_CHUNK_ELEMENTS = 2**20
+#: on a GPU: 2**28 elements (1 GiB per float32 temporary: 2,092 rows at Llama-3's 128,256 entries), at least
+#: GPU_MIN_CHUNK_ROWS rows, so that each chunk's matmuls are compute-bound and the [V, H] head weights and their
+#: float32 gradient are read and written once per ~2k tokens instead of once per 8
+GPU_CHUNK_ELEMENTS = 2**28
+GPU_MIN_CHUNK_ROWS = 1024
 
 #: row_grad_fn(pieces, out_grads) -> values [rows]; writes the per-row gradient of each wanted input into its
 #: slice of the gradient buffer (``out_grads[i]``; None for inputs without a gradient)
@@ -65,6 +71,47 @@ class NonFiniteInputError(FdistillError, ValueError):
 
 
 _ORACLE = threading.local()
+_DEFERRED = threading.local()
+
+
+class FinitenessFlag:
+    """Whether any chunk of a loss call met a NaN/±inf input, accumulated on the device (no host sync)."""
+
+    def __init__(self) -> None:
+        self.bad: Tensor | None = None
+
+    def add(self, bad: Tensor) -> None:
+        self.bad = bad if self.bad is None else self.bad | bad
+
+    def found(self) -> bool:
+        """The one host sync of the loss call."""
+        return self.bad is not None and bool(self.bad)
+
+
+@contextmanager
+def deferred_finiteness() -> Iterator[FinitenessFlag]:
+    """Within the block, the divergences assume finite inputs and record on the device whether that held (one
+    reduction per chunk, no host sync); the caller reads the flag once, after the last chunk, and computes the
+    call again on the exact path (−inf entries masked, NaN/+inf raised) only where it did not hold. So a loss
+    call makes one host sync instead of one per chunk."""
+    flag, previous = FinitenessFlag(), getattr(_DEFERRED, "flag", None)
+    _DEFERRED.flag = flag
+    try:
+        yield flag
+    finally:
+        _DEFERRED.flag = previous
+
+
+def deferred_flag() -> FinitenessFlag | None:
+    return getattr(_DEFERRED, "flag", None)
+
+
+def once_checked(compute: Callable[[], Any]) -> Any:
+    """``compute()`` under :func:`deferred_finiteness`, and once more on the exact path if an input was not
+    finite (a masked vocabulary or a diverged model: rare, so the common call pays one host sync)."""
+    with deferred_finiteness() as flag:
+        result = compute()
+    return compute() if flag.found() else result
 
 
 @contextmanager
@@ -83,9 +130,13 @@ def oracle_requested() -> bool:
     return getattr(_ORACLE, "on", False)
 
 
-def default_chunk_rows(vocab_size: int, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
-    """Rows per chunk so that one ``[rows, vocab_size]`` temporary holds ``chunk_elements`` values."""
-    return max(1, chunk_elements // max(1, vocab_size))
+def default_chunk_rows(vocab_size: int, device: torch.device | str | None = None) -> int:
+    """Rows per chunk so that one ``[rows, vocab_size]`` temporary holds the device's budget: cache-sized on the
+    CPU (:data:`DEFAULT_CHUNK_ELEMENTS`), :data:`GPU_CHUNK_ELEMENTS` (and at least :data:`GPU_MIN_CHUNK_ROWS`
+    rows) on an accelerator."""
+    if device is not None and torch.device(device).type != "cpu":
+        return max(GPU_MIN_CHUNK_ROWS, GPU_CHUNK_ELEMENTS // max(1, vocab_size))
+    return max(1, DEFAULT_CHUNK_ELEMENTS // max(1, vocab_size))
 
 
 def autograd_row_grads(row_fn: Callable[..., Tensor]) -> RowGradFn:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fdistill.divergences.chunked import NonFiniteInputError, default_chunk_rows
+from fdistill.divergences.chunked import NonFiniteInputError, default_chunk_rows, once_checked
 from fdistill.divergences.losses import PARTS, Divergence, logit_gradient, token_distributions
 
 IGNORE_INDEX = -100
@@ -97,7 +97,7 @@ def _fused_pass(div: Divergence | None, part: str, student: LinearHead, teacher:
     grad_weight = torch.zeros(student.weight.shape, dtype=compute_dtype, device=values.device) if grads and want[1] else None
     grad_bias = torch.zeros(vocab, dtype=compute_dtype, device=values.device) if grads and want[2] else None
     grad_prefix = [torch.empty_like(values) if grads and flag else None for flag in want[3:5]]
-    step = chunk_rows or default_chunk_rows(vocab)
+    step = chunk_rows or default_chunk_rows(vocab, student_hidden.device)
     zero_part = div is None or div.part_is_zero(part)
     temperature = 1.0 if div is None else div.temperature
     device_type = student_hidden.device.type
@@ -176,8 +176,8 @@ class _FusedPerToken(torch.autograd.Function):
     @staticmethod
     def forward(ctx, div, part, student, teacher, chunk_rows, want, s_hidden, s_weight, s_bias, t_hidden, *extras):
         ones = torch.ones(s_hidden.shape[0], dtype=torch.float32, device=s_hidden.device)
-        result = _fused_pass(div, part, student, teacher, s_hidden, t_hidden, extras, ones if any(want) else None,
-                             None, None, want, chunk_rows)
+        result = once_checked(lambda: _fused_pass(div, part, student, teacher, s_hidden, t_hidden, extras,
+                                                  ones if any(want) else None, None, None, want, chunk_rows))
         ctx.args = (div, part, student, teacher, chunk_rows, want)
         ctx.result = result
         ctx.save_for_backward(s_hidden, t_hidden, *extras)
@@ -190,8 +190,8 @@ class _FusedPerToken(torch.autograd.Function):
         s_hidden, t_hidden, *extras = ctx.saved_tensors
         uniform = grad_values.numel() == 0 or bool((grad_values == grad_values[0]).all())
         if result is None or not uniform:  # a second backward, or per-row weights: one more pass with them
-            result = _fused_pass(div, part, student, teacher, s_hidden, t_hidden, extras, grad_values, None, None,
-                                 want, chunk_rows)
+            result = once_checked(lambda: _fused_pass(div, part, student, teacher, s_hidden, t_hidden, extras,
+                                                      grad_values, None, None, want, chunk_rows))
             scale_rows, scale = None, 1.0
         else:
             scale_rows, scale = grad_values, float(grad_values[0]) if grad_values.numel() else 0.0
@@ -244,8 +244,8 @@ class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, div, part, student, teacher, chunk_rows, want, div_weights, labels, ce_weights, s_hidden,
                 s_weight, s_bias, t_hidden):
-        result = _fused_pass(div, part, student, teacher, s_hidden, t_hidden, (), div_weights, labels, ce_weights,
-                             want, chunk_rows)
+        result = once_checked(lambda: _fused_pass(div, part, student, teacher, s_hidden, t_hidden, (), div_weights,
+                                                  labels, ce_weights, want, chunk_rows))
         total = (result.values * div_weights.to(result.values.dtype)).sum() if div is not None else \
             result.values.new_zeros(())
         if result.ce is not None:
@@ -310,7 +310,7 @@ def fused_label_log_probs(head: LinearHead, hidden: Tensor, labels: Tensor, temp
     weight = head.weight.to(matmul_dtype)
     compute_dtype = torch.float64 if torch.float64 in (hidden.dtype, head.weight.dtype) else torch.float32
     out = torch.empty(rows, dtype=compute_dtype, device=hidden.device)
-    step = chunk_rows or default_chunk_rows(vocab)
+    step = chunk_rows or default_chunk_rows(vocab, hidden.device)
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
         for start in range(0, rows, step):
             chunk = slice(start, start + step)
@@ -334,7 +334,7 @@ def fused_label_logits(head: LinearHead, hidden: Tensor, labels: Tensor, tempera
     compute_dtype = torch.float64 if torch.float64 in (hidden.dtype, head.weight.dtype) else torch.float32
     chosen = torch.empty(rows, dtype=compute_dtype, device=hidden.device)
     best = torch.empty_like(chosen)
-    step = chunk_rows or default_chunk_rows(vocab)
+    step = chunk_rows or default_chunk_rows(vocab, hidden.device)
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
         for start in range(0, rows, step):
             chunk = slice(start, start + step)

@@ -42,6 +42,8 @@ from fdistill.divergences.chunked import (
     autograd_row_grads,
     chunked_rows,
     default_chunk_rows,
+    deferred_flag,
+    once_checked,
     oracle_requested,
 )
 from fdistill.divergences.registry import register_divergence
@@ -117,7 +119,12 @@ def token_distributions(student_logits: Tensor, teacher_logits: Tensor, temperat
     if teacher_temperature != 1.0:
         teacher_logits = teacher_logits / teacher_temperature
     # one reduction per input detects any -inf/+inf/NaN (the masked path below is exact in every case)
-    if bool(torch.isfinite(student_logits.sum()) & torch.isfinite(teacher_logits.sum())):
+    finite = torch.isfinite(student_logits.sum()) & torch.isfinite(teacher_logits.sum())
+    deferred = deferred_flag()
+    if deferred is not None:  # assume finite; the caller checks once per loss call (chunked.once_checked)
+        deferred.add(~finite)
+        return TokenDistributions(teacher_logits, student_logits, probabilities_only=probabilities_only)
+    if bool(finite):
         return TokenDistributions(teacher_logits, student_logits, probabilities_only=probabilities_only)
     for name, logits in (("student logits", student_logits), ("teacher logits", teacher_logits)):
         reject_nan_and_positive_inf(name, logits)
@@ -313,7 +320,7 @@ class Divergence:
         compute_dtype = torch.float64 if wide else torch.float32
         if self.part_is_zero(part):
             return torch.zeros(lead_shape, dtype=compute_dtype, device=student_logits.device)
-        rows = self.chunk_tokens or default_chunk_rows(vocab)
+        rows = self.chunk_tokens or default_chunk_rows(vocab, student_logits.device)
         inputs = [student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab), *extras]
         selected = None
         if mask is not None:
@@ -327,7 +334,7 @@ class Divergence:
         else:
             row_grad_fn = functools.partial(self._closed_form_rows, part, compute_dtype)
         try:
-            values = chunked_rows(row_grad_fn, inputs, rows, compute_dtype)
+            values = once_checked(lambda: chunked_rows(row_grad_fn, inputs, rows, compute_dtype))
         except NonFiniteInputError as error:
             if selected is not None:
                 error = error.shifted(int(selected[error.row]) - error.row)
@@ -337,8 +344,12 @@ class Divergence:
         return values.reshape(lead_shape)
 
     def _check_prefix(self, extras) -> None:
+        deferred = deferred_flag()
         for name, values in zip(("teacher_prefix_logprob", "student_prefix_logprob"), extras, strict=False):
-            reject_nan_and_positive_inf(name, values)
+            if deferred is not None:
+                deferred.add((torch.isnan(values) | (values == float("inf"))).any())
+            else:
+                reject_nan_and_positive_inf(name, values)
 
     def _oracle_rows(self, part: str, dtype: torch.dtype, student: Tensor, teacher: Tensor, *extras: Tensor) -> Tensor:
         self._check_prefix(extras)

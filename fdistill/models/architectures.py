@@ -12,6 +12,7 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     BartConfig,
     GPT2Config,
+    LlamaConfig,
     PretrainedConfig,
     PreTrainedTokenizerBase,
     T5Config,
@@ -42,6 +43,9 @@ LAYER_LAYOUTS = {
     "t5": LayerLayout("encoder.block", "decoder.block", "num_layers", "num_decoder_layers"),
     "gpt2": LayerLayout(None, "transformer.h", None, "n_layer"),
     "llama": LayerLayout(None, "model.layers", None, "num_hidden_layers"),  # SmolLM2, Llama 2/3
+    "qwen2": LayerLayout(None, "model.layers", None, "num_hidden_layers"),  # Qwen2.5
+    "qwen3": LayerLayout(None, "model.layers", None, "num_hidden_layers"),
+    "mistral": LayerLayout(None, "model.layers", None, "num_hidden_layers"),
 }
 #: config lists with one entry per decoder layer, which a layer-copy student keeps for its kept layers
 PER_LAYER_CONFIG_KEYS = ("layer_types",)
@@ -74,6 +78,8 @@ TINY_BUILD_KEYS = {
     "t5": {"model_type", "d_model", "encoder_layers", "decoder_layers", "heads", "ffn_dim", "dropout"},
     "gpt2": {"model_type", "d_model", "decoder_layers", "heads", "ffn_dim", "max_position_embeddings",
              "dropout"},
+    "llama": {"model_type", "d_model", "decoder_layers", "heads", "kv_heads", "ffn_dim", "max_position_embeddings",
+              "tie_word_embeddings", "dropout"},
 }
 
 
@@ -90,7 +96,7 @@ def tiny_model_config(build: Mapping[str, Any], tokenizer: PreTrainedTokenizerBa
             f"teacher.build keys {sorted(unknown)} do not apply to model_type={model_type}; "
             f"allowed: {sorted(TINY_BUILD_KEYS[model_type])}"
         )
-    missing = TINY_BUILD_KEYS[model_type] - set(build) - {"dropout"}
+    missing = TINY_BUILD_KEYS[model_type] - set(build) - {"dropout", "tie_word_embeddings"}
     if missing:
         raise ValueError(f"teacher.build for model_type={model_type} lacks keys {sorted(missing)}")
     dropout = build.get("dropout", 0.1)
@@ -113,6 +119,14 @@ def tiny_model_config(build: Mapping[str, Any], tokenizer: PreTrainedTokenizerBa
             **tokens, decoder_start_token_id=tokenizer.pad_token_id, d_model=build["d_model"],
             d_kv=build["d_model"] // build["heads"], d_ff=build["ffn_dim"], num_layers=build["encoder_layers"],
             num_decoder_layers=build["decoder_layers"], num_heads=build["heads"], dropout_rate=dropout,
+        )
+    if model_type == "llama":  # untied head by default: the large-vocabulary case (Llama-3, Qwen2.5-7B)
+        return LlamaConfig(
+            **tokens, bos_token_id=tokenizer.bos_token_id, hidden_size=build["d_model"],
+            num_hidden_layers=build["decoder_layers"], num_attention_heads=build["heads"],
+            num_key_value_heads=build["kv_heads"], intermediate_size=build["ffn_dim"],
+            max_position_embeddings=build["max_position_embeddings"], attention_dropout=dropout,
+            tie_word_embeddings=build.get("tie_word_embeddings", False),
         )
     return GPT2Config(
         **tokens, bos_token_id=tokenizer.bos_token_id, n_embd=build["d_model"], n_layer=build["decoder_layers"],

@@ -19,8 +19,11 @@ from torch import nn
 
 from fdistill.divergences.fused import LinearHead
 
-#: model types whose head is reproduced exactly (tests/test_models_heads.py)
+#: model types whose head is reproduced exactly (tests/test_models_heads.py); any other architecture whose head
+#: is a linear map is found by :func:`supports_fused_head`'s probe (qwen2, qwen3, mistral, phi3, ...)
 FUSED_HEAD_MODEL_TYPES = ("bart", "t5", "gpt2", "llama", "gemma2")
+#: relative tolerance of the probe (float32 logits of the same matmul, computed twice)
+PROBE_TOLERANCE = 1e-4
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -28,7 +31,49 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def supports_fused_head(model: nn.Module) -> bool:
-    return _unwrap(model).config.model_type in FUSED_HEAD_MODEL_TYPES
+    """Whether :func:`output_head` reproduces the model's logits from its head input: a verified model type, or
+    one whose head passes a probe (its logits on a few tokens equal the linear map of the captured head input,
+    so a logit scale, a bias elsewhere or a custom head is caught). Decided by checking the head, not by name;
+    remembered on the model."""
+    inner = _unwrap(model)
+    if inner.config.model_type in FUSED_HEAD_MODEL_TYPES:
+        return True
+    if not hasattr(inner, "_fdistill_fused_head"):
+        inner._fdistill_fused_head = _probe_head(inner)
+    return inner._fdistill_fused_head
+
+
+@torch.no_grad()
+def _probe_head(model: nn.Module) -> bool:
+    from fdistill.models.forward import head_inputs_and_hidden_states, token_logits
+
+    if not isinstance(model.get_output_embeddings(), nn.Linear):
+        return False
+    device = next(model.parameters()).device
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = (torch.arange(3, 9, device=device) * 7919 % vocab).unsqueeze(0)
+    labels = ids[:, 3:]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+             "position_ids": torch.arange(ids.shape[1], device=device).unsqueeze(0)}
+    if model.config.is_encoder_decoder:
+        batch = {"input_ids": ids[:, :3], "attention_mask": torch.ones_like(ids[:, :3]), "labels": labels}
+    training = model.training
+    model.eval()
+    try:
+        expected = token_logits(model, batch).float()
+        hidden, _ = head_inputs_and_hidden_states(model, batch)
+        head = output_head_unchecked(model)
+        found = (hidden @ head.weight.T).float()
+        if head.bias is not None:
+            found = found + head.bias.float()
+        if head.softcap is not None:
+            found = head.softcap * torch.tanh(found / head.softcap)
+    except Exception:  # noqa: BLE001 - any failure means the head is not the plain map fdistill assumes
+        return False
+    finally:
+        model.train(training)
+    scale = expected.abs().max().clamp_min(1.0)
+    return bool(((found - expected).abs().max() <= PROBE_TOLERANCE * scale).item())
 
 
 def output_head(model: nn.Module, vocab_size: int | None = None) -> LinearHead:
@@ -36,7 +81,14 @@ def output_head(model: nn.Module, vocab_size: int | None = None) -> LinearHead:
     only when given (a vocabulary padded beyond the tokenizer's)."""
     inner = _unwrap(model)
     if not supports_fused_head(inner):
-        raise ValueError(f"no fused head for model_type {inner.config.model_type!r}; supported: {FUSED_HEAD_MODEL_TYPES}")
+        raise ValueError(f"no fused head for model_type {inner.config.model_type!r}: its logits are not a linear map "
+                         f"of the head input (verified types: {FUSED_HEAD_MODEL_TYPES}; others are probed)")
+    return output_head_unchecked(inner, vocab_size)
+
+
+def output_head_unchecked(model: nn.Module, vocab_size: int | None = None) -> LinearHead:
+    """:func:`output_head` without the support check (the probe uses it)."""
+    inner = _unwrap(model)
     linear = inner.get_output_embeddings()
     bias = linear.bias
     if inner.config.model_type == "bart":
@@ -57,7 +109,7 @@ class _HeadInputCapture(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         self.captured = hidden
-        return hidden.new_zeros(()).expand(*hidden.shape[:-1], 1)
+        return hidden.new_zeros(*hidden.shape[:-1], 1)  # not a view: FSDP hooks the model's outputs
 
 
 @contextmanager

@@ -26,10 +26,14 @@ def _plain(config: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
 
 
-def load_teacher(name_or_path: str | os.PathLike, architecture: str, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
-    """`AutoModelForSeq2SeqLM` / `AutoModelForCausalLM.from_pretrained` without remote code, in eval mode;
-    fails if the checkpoint's architecture is not `architecture`."""
-    model = auto_model_class(architecture).from_pretrained(str(name_or_path), trust_remote_code=False, dtype=dtype)
+def load_teacher(name_or_path: str | os.PathLike, architecture: str, dtype: torch.dtype | str = torch.float32,
+                 attn_implementation: str | None = None) -> PreTrainedModel:
+    """`AutoModelForSeq2SeqLM` / `AutoModelForCausalLM.from_pretrained` without remote code, in eval mode, in
+    `dtype` (float32 unless asked: transformers would otherwise take a bf16 checkpoint's own dtype); fails if the
+    checkpoint's architecture is not `architecture`."""
+    options = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    model = auto_model_class(architecture).from_pretrained(str(name_or_path), trust_remote_code=False, dtype=dtype,
+                                                           **options)
     if architecture_of(model.config) != architecture:
         raise ValueError(
             f"{name_or_path!r} is {architecture_of(model.config)} but the pair says architecture={architecture}"

@@ -29,7 +29,6 @@ from fdistill.evaluation import (
     write_predictions,
 )
 from fdistill.files import write_json_atomic
-from fdistill.models import load_teacher
 from fdistill.sampling import SAMPLER_VERSION, sample_targets
 
 log = logging.getLogger(__name__)
@@ -58,41 +57,49 @@ def _decode(tokenizer, targets: list[list[int]]) -> list[str]:
 
 
 def run_evaluation(pipe, student_dir: str, teacher_ref, tokenizer, data: dict) -> dict:
-    cfg, eval_cfg = pipe.cfg, pipe.cfg.pipeline.evaluate
-    device = pipe.accelerator.device
+    """Every process generates and scores its share of the inputs (`pipe.parallel`); the main process scores
+    the text metrics of all of them and writes the files. Returns the metrics on every process."""
+    cfg, eval_cfg, parallel = pipe.cfg, pipe.cfg.pipeline.evaluate, pipe.parallel
+    device = parallel.device
     start = time.perf_counter()
-    student = load_teacher(student_dir, cfg.pair.architecture).to(device).eval()
-    teacher = load_teacher(teacher_ref.path, cfg.pair.architecture).to(device).eval()
+    student = parallel.prepare_frozen(parallel.load(student_dir, cfg.pair.architecture, "evaluated"),
+                                      shard=parallel.shard_training)
+    teacher = parallel.prepare_frozen(parallel.load(teacher_ref.path, cfg.pair.architecture, "frozen"))
     collator = data["collator_factory"](tokenizer)
     examples = data["eval_examples"]
     source_ids = collator.encode_sources([ex.source for ex in examples])
 
     generated = sample_targets(student, collator, source_ids, eval_cfg.decoding, seed=cfg.seed * 100_003,
-                               batch_size=eval_cfg.batch_size, desc="evaluate: generate")
+                               batch_size=eval_cfg.batch_size, desc="evaluate: generate", parallel=parallel)
     predictions = _decode(tokenizer, generated)
-    write_predictions(pipe.run_dir, [{"id": ex.id, "source": ex.source, "prediction": pred,
-                                      "references": list(ex.references)} for ex, pred in zip(examples, predictions, strict=True)])
-
     task = SyntheticTask(**dict(cfg.dataset.params)) if cfg.dataset.name == "synthetic" else None
     sources = [ex.source for ex in examples]
     references = [list(ex.references) for ex in examples]
     scoring = {"bertscore_encoder": eval_cfg.bertscore_encoder, "moverscore_encoder": eval_cfg.moverscore_encoder,
                "bleurt_checkpoint": eval_cfg.bleurt_checkpoint, "synthetic_task": task, "sources": sources}
-    metrics, metadata = evaluate_predictions(predictions, references, list(cfg.dataset.metrics), **scoring)
+    metrics, metadata = {}, {}
+    if parallel.is_main:
+        write_predictions(pipe.run_dir, [{"id": ex.id, "source": ex.source, "prediction": pred,
+                                          "references": list(ex.references)}
+                                         for ex, pred in zip(examples, predictions, strict=True)])
+        metrics, metadata = evaluate_predictions(predictions, references, list(cfg.dataset.metrics), **scoring)
     for temperature in eval_cfg.sample_temperatures:  # GKD Fig. 5: quality vs diversity over temperatures
         decoding = DecodingConfig(strategy="sample", temperature=temperature,
                                   max_new_tokens=eval_cfg.decoding.max_new_tokens)
         sampled = _decode(tokenizer, sample_targets(student, collator, source_ids, decoding,
                                                     seed=cfg.seed * 100_003 + int(temperature * 1000),
-                                                    batch_size=eval_cfg.batch_size))
-        names = list(dict.fromkeys([*cfg.dataset.metrics, "self_bleu"]))
-        scores, _ = evaluate_predictions(sampled, references, names, **scoring)
-        metrics.update({f"temperature_{temperature:g}/{key}": value for key, value in scores.items()})
+                                                    batch_size=eval_cfg.batch_size, parallel=parallel))
+        if parallel.is_main:
+            names = list(dict.fromkeys([*cfg.dataset.metrics, "self_bleu"]))
+            scores, _ = evaluate_predictions(sampled, references, names, **scoring)
+            metrics.update({f"temperature_{temperature:g}/{key}": value for key, value in scores.items()})
     if task is not None and "synthetic_exact" not in cfg.dataset.metrics:
         metrics.update(synthetic_exact_metrics(task, sources, predictions))
 
     metrics.update(_analyses(pipe, teacher, teacher_ref, student, collator, tokenizer, examples, source_ids, task,
                              data))
+    if not parallel.is_main:
+        return parallel.broadcast(None)
     metadata.update({
         "decoding": asdict(eval_cfg.decoding), "split": eval_cfg.split, "num_examples": len(examples),
         "analysis_examples": min(eval_cfg.analysis_limit, len(examples)), "divergence": asdict(cfg.divergence),
@@ -103,12 +110,14 @@ def run_evaluation(pipe, student_dir: str, teacher_ref, tokenizer, data: dict) -
                                                pipe.cache.build_seconds.items()},
                             "evaluate_seconds": time.perf_counter() - start},
         "device": str(device), "torch_threads": torch.get_num_threads(), "mixed_precision": cfg.pipeline.mixed_precision,
+        "processes": parallel.world_size, "strategy": cfg.pipeline.distributed.strategy,
+        "shard_teacher": parallel.shard_teacher, "training_steps": pipe.stage_summaries,
         "dataset": cfg.dataset.name, "pair": cfg.pair.name,
     })
     write_metrics(pipe.run_dir, metrics, metadata)
     for line in summary_lines(metrics, cfg, pipe.run_dir):
         log.info("%s", line)
-    return metrics
+    return parallel.broadcast(metrics)
 
 
 def teacher_side(pipe, teacher, teacher_ref, collator, ids, data: dict) -> dict:
@@ -123,20 +132,21 @@ def teacher_side(pipe, teacher, teacher_ref, collator, ids, data: dict) -> dict:
             "teacher_dist": "teacher_dist" in eval_cfg.analyses, "prompt": [pipe.cfg.pair.prompt_format,
                                                                             pipe.cfg.dataset.instruction]}
 
-    def build(work_dir: Path) -> None:
+    def build(work_dir: Path) -> None:  # on every process, each sampling its share
         decoding = DecodingConfig(strategy="sample", temperature=1.0, max_new_tokens=eval_cfg.decoding.max_new_tokens)
         samples = sample_targets(teacher, collator, ids, decoding, seed=pipe.cfg.seed + 29,
-                                 batch_size=eval_cfg.batch_size)
+                                 batch_size=eval_cfg.batch_size, parallel=pipe.parallel)
         result = {"samples": samples}
         if spec["teacher_dist"]:
-            torch.manual_seed(pipe.cfg.seed + 31)
             result["teacher_dist"] = teacher_distinct_bigrams(teacher, collator, ids, num_samples=5,
                                                               max_new_tokens=eval_cfg.decoding.max_new_tokens,
-                                                              batch_size=eval_cfg.batch_size)
-        write_json_atomic(work_dir / "teacher_eval.json", result)
+                                                              batch_size=eval_cfg.batch_size, seed=pipe.cfg.seed + 31,
+                                                              parallel=pipe.parallel)
+        if pipe.parallel.is_main:
+            write_json_atomic(work_dir / "teacher_eval.json", result)
 
     inputs = [teacher_ref.artifact] if teacher_ref.artifact is not None else []
-    artifact = pipe.cache.get_or_build("teacher_eval", spec, build, inputs=inputs)
+    artifact = pipe.cache.get_or_build("teacher_eval", spec, build, pipe.accelerator, inputs=inputs)
     return json.loads((artifact.path / "teacher_eval.json").read_text())
 
 
@@ -149,10 +159,11 @@ def _analyses(pipe, teacher, teacher_ref, student, collator, tokenizer, examples
         return {}
     limit = min(eval_cfg.analysis_limit, len(examples))
     sources, ids = [ex.source for ex in examples[:limit]], source_ids[:limit]
-    options = {"max_new_tokens": eval_cfg.decoding.max_new_tokens, "batch_size": eval_cfg.batch_size}
+    options = {"max_new_tokens": eval_cfg.decoding.max_new_tokens, "batch_size": eval_cfg.batch_size,
+               "parallel": pipe.parallel, "chunk_rows": pipe.cfg.pipeline.chunk_tokens}
     unit_temperature = DecodingConfig(strategy="sample", temperature=1.0, max_new_tokens=eval_cfg.decoding.max_new_tokens)
     student_samples = sample_targets(student, collator, ids, unit_temperature, seed=pipe.cfg.seed + 17,
-                                     batch_size=eval_cfg.batch_size)
+                                     batch_size=eval_cfg.batch_size, parallel=pipe.parallel)
     cached = teacher_side(pipe, teacher, teacher_ref, collator, ids, data)
     teacher_samples = cached["samples"]
     out: dict = {}
@@ -176,28 +187,32 @@ def _analyses(pipe, teacher, teacher_ref, student, collator, tokenizer, examples
 
 def rl_reward(pipe, teacher, collator, examples, ids, samples, decoded, task) -> float:
     """Mean return of the training reward (`pipeline.distill.rl.reward`) over the temperature-1 student
-    samples of the analysed inputs (GKD Fig. 6's reward axis)."""
+    samples of the analysed inputs (GKD Fig. 6's reward axis), split across the processes."""
+    from fdistill.parallel import is_sharded
     from fdistill.training.objectives import TokenLoss
     from fdistill.training.rewards import RewardInputs, build_reward
 
     rl = pipe.cfg.pipeline.distill.rl
-    reward = build_reward(rl.reward, rl.reward_params, task=task)
-    total, count = 0.0, 0
+    reward = build_reward(rl.reward, rl.reward_params, task=task, device=pipe.parallel.device)
     step = pipe.cfg.pipeline.evaluate.batch_size
-    device = next(teacher.parameters()).device
-    for start in range(0, len(ids), step):
-        rows = slice(start, start + step)
-        batch = {key: value.to(device) for key, value in collator.from_ids(ids[rows], samples[rows]).items()}
+    device = pipe.parallel.device
+    token_loss = TokenLoss(teacher, fused=False, vocab_size=len(collator.tokenizer))
+
+    def score(rows: list[int]) -> list[float]:
+        batch = {key: value.to(device) for key, value in
+                 collator.from_ids([ids[row] for row in rows], [samples[row] for row in rows]).items()}
         chosen = best = None
         if reward.needs_teacher_logits:
             with torch.no_grad():
-                chosen, best = TokenLoss(teacher, fused=False, vocab_size=len(collator.tokenizer)).teacher_chosen_and_best(
-                    batch, float(reward.params.get("temperature", 1.0)))
-        rewards = reward.per_token(RewardInputs(batch, [ex.source for ex in examples[rows]], decoded[rows],
-                                                [list(ex.references) for ex in examples[rows]], chosen, best))
-        total += float(rewards.sum())
-        count += rewards.shape[0]
-    return total / max(1, count)
+                chosen, best = token_loss.teacher_chosen_and_best(batch, float(reward.params.get("temperature", 1.0)))
+        rewards = reward.per_token(RewardInputs(batch, [examples[row].source for row in rows],
+                                                [decoded[row] for row in rows],
+                                                [list(examples[row].references) for row in rows], chosen, best))
+        return rewards.sum(-1).float().cpu().tolist()
+
+    batches = [list(range(start, min(start + step, len(ids)))) for start in range(0, len(ids), step)]
+    returns = pipe.parallel.map_batches(batches, score, collective=is_sharded(teacher))
+    return sum(returns) / max(1, len(returns))
 
 
 def _format(value) -> str:

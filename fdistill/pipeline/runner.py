@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fdistill.config import FdistillConfig, validate_config
 from fdistill.data import SyntheticTask, load_from_config, training_pairs
-from fdistill.errors import ArtifactError
+from fdistill.errors import ArtifactError, FdistillError
 from fdistill.files import manifest_problem, read_manifest, write_json_atomic, write_manifest
 from fdistill.logs import quiet_libraries
 from fdistill.models import (
@@ -37,6 +37,7 @@ from fdistill.models import (
     supports_fused_head,
 )
 from fdistill.models.gguf import check_sha256, convert_gguf, gguf_location
+from fdistill.parallel import Parallel, unwrap
 from fdistill.pipeline.cache import Artifact, ArtifactCache
 from fdistill.pipeline.evaluate_stage import run_evaluation
 from fdistill.pipeline.preflight import Preflight, check_pair, preflight
@@ -59,9 +60,6 @@ from fdistill.training.predistill import PredistillObjective
 
 log = logging.getLogger(__name__)
 
-# Teacher sampling and evaluation run on the main process while the others wait at a barrier; at paper
-# scale that takes hours, far past torch.distributed's default timeout (10 min NCCL, 30 min gloo).
-MAIN_ONLY_STAGE_TIMEOUT = timedelta(hours=48)
 
 
 def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike, hydra_overrides: list[str] | None = None) -> dict:
@@ -98,10 +96,15 @@ class Pipeline:
                                    rebuild=cfg.pipeline.rebuild)
         self.rundir = RunDirectory(run_dir, cfg.pipeline.on_run_dir_conflict)
         self.specs: StageSpecs | None = None  # set once the training data is loaded
+        # every process works in every stage (sampling and evaluation are split across them), so no process
+        # waits for hours at a barrier: a collective that does not complete within the timeout is an error
+        timeout = timedelta(minutes=cfg.pipeline.distributed.timeout_minutes)
         self.accelerator = Accelerator(cpu=cfg.pipeline.cpu, mixed_precision=cfg.pipeline.mixed_precision,
                                        gradient_accumulation_steps=1,
-                                       kwargs_handlers=[InitProcessGroupKwargs(timeout=MAIN_ONLY_STAGE_TIMEOUT)])
+                                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+        self.parallel = Parallel(self.accelerator, cfg.pipeline)
         self.timings: dict[str, float] = {}
+        self.stage_summaries: dict[str, dict] = {}
         self.train_digest = ""
         self.wandb_run = None
 
@@ -114,14 +117,16 @@ class Pipeline:
         if self.is_main:
             log.info(message, *args)
 
-    def _train_stage(self, name: str, model, loss_fn, stage_cfg, num_items: int, work_dir: Path) -> None:
-        model = self.accelerator.prepare(model)
+    def _train_stage(self, name: str, model, loss_fn, stage_cfg, num_items: int, work_dir: Path):
+        """Train `model` (bare: prepared with its optimizer by the loop); returns it prepared and trained."""
         steps = num_training_steps(stage_cfg, num_items)
-        result = train(accelerator=self.accelerator, model=model, loss_fn=loss_fn, stage=stage_cfg,
+        result = train(parallel=self.parallel, model=model, loss_fn=loss_fn, stage=stage_cfg,
                        total_steps=steps, work_dir=work_dir, desc=name, on_log=self._wandb_logger(name),
                        checksums=self.cfg.pipeline.verify_artifacts)
         self.timings[f"{name}_seconds"] = result.seconds
+        self.stage_summaries[name] = {key: value for key, value in result.summary.items() if key != "line"}
         self.accelerator.free_memory()
+        return result.model
 
     def _wandb_logger(self, stage: str):
         if self.wandb_run is None:
@@ -129,11 +134,15 @@ class Pipeline:
         return lambda row: self.wandb_run.log({f"{stage}/{k}": v for k, v in row.items()})
 
     def _save_model(self, model, tokenizer, out_dir: Path) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.is_main:
-            self.accelerator.unwrap_model(model).save_pretrained(out_dir, safe_serialization=True)
-            tokenizer.save_pretrained(out_dir)
-        self.accelerator.wait_for_everyone()
+        self.parallel.save_pretrained(model, tokenizer, out_dir)
+
+    def _load(self, path: str, role: str):
+        """A model as `trained` (float32 master weights by default) or `frozen` (the teacher's dtype; prepare it
+        with `_frozen` once the loss computer has probed its head)."""
+        return self.parallel.load(path, self.cfg.pair.architecture, role)
+
+    def _frozen(self, model, shard: bool | None = None):
+        return self.parallel.prepare_frozen(model, shard)
 
     def _token_loss(self, stage: str, teacher, student, tokenizer) -> TokenLoss:
         """The loss computer of a stage: the fused lm-head path where both models' heads are supported, over
@@ -148,7 +157,8 @@ class Pipeline:
         if len(rows) > 1 or vocab_size is not None:
             self._info("[%s] heads of %s rows, tokenizer of %d: distilling over the tokenizer's %d entries", stage,
                        sorted(rows), len(tokenizer), len(tokenizer))
-        return TokenLoss(teacher, fused=fused, vocab_size=vocab_size)
+        return TokenLoss(teacher, fused=fused, vocab_size=vocab_size, parallel=self.parallel,
+                         chunk_rows=self.cfg.pipeline.chunk_tokens)
 
     def _finish_artifact_build(self, model, tokenizer, work_dir: Path) -> None:
         """Save the trained model and drop the stage's training checkpoints (3x the model's size) from the
@@ -161,18 +171,23 @@ class Pipeline:
     def execute(self) -> dict:
         cfg = self.cfg
         quiet_libraries()
-        with self.rundir.locked() if self.is_main else nullcontext():  # the main process holds the run dir
+        with ExitStack() as held:
+            # the main process holds the run dir; its refusal (another process runs there) stops every process
+            self._on_main(lambda: held.enter_context(self.rundir.locked()))
+            self.parallel.check_shared_filesystem(Path(cfg.paths.cache_dir))
             set_seed(cfg.pipeline.artifact_seed)
             data = self.load_data()
             self.specs = StageSpecs(cfg, self.checked.needs, self.train_digest)
             planned = self.specs.run_level(data["eval_digest"])
-            if self.is_main:
+
+            def check_run_dir() -> None:
                 self.rundir.check({stage: (spec, self.run_dir / stage if stage == "distill" else None)
                                    for stage, spec in planned.items()})
                 write_json_atomic(self.run_dir / "config.json", OmegaConf.to_container(self.raw, resolve=True))
                 if self.hydra_overrides is not None:
                     self.rundir.write_job_files(OmegaConf.to_yaml(self.raw, resolve=True), self.hydra_overrides)
-            self.accelerator.wait_for_everyone()
+
+            self._on_main(check_run_dir)
             self._start_wandb()
             tokenizer, teacher = self.stage_teacher(data)
             student = self.stage_student_init(teacher, tokenizer)
@@ -229,13 +244,13 @@ class Pipeline:
         spec = self.specs.teacher()
 
         def build(work_dir: Path) -> None:
-            teacher = load_teacher(base_dir, pair.architecture)
+            teacher = self._load(base_dir, "trained")
             collator = data["collator_factory"](tokenizer)
             training = self._training_set(tokenizer, data)
             sources = self._sources(collator, training, sft.batch_size, cfg.pipeline.artifact_seed)
             objective = NllObjective(divergence=None, distill=cfg.pipeline.distill, sources=sources, seed=0,
                                      token_loss=self._token_loss("teacher_sft", None, teacher, tokenizer))
-            self._train_stage("teacher_sft", teacher, objective, sft, len(training.pair_target_ids), work_dir)
+            teacher = self._train_stage("teacher_sft", teacher, objective, sft, len(training.pair_target_ids), work_dir)
             self._finish_artifact_build(teacher, tokenizer, work_dir)
 
         artifact = self.cache.get_or_build("teacher", spec, build, self.accelerator, inputs=_inputs(base))
@@ -281,9 +296,12 @@ class Pipeline:
         """student_init: layer copy from the teacher (Shleifer & Rush 2020), or from config/pretrained."""
 
         def build(work_dir: Path) -> None:
-            teacher_model = load_teacher(teacher.path, self.cfg.pair.architecture)
+            if not self.is_main:  # a layer copy needs one teacher in memory, not one per process
+                return
+            teacher_model = load_teacher(teacher.path, self.cfg.pair.architecture, dtype=self.parallel.params_dtype)
             student = student_from_pair_config(teacher_model, asdict(self.cfg.pair))
-            self._save_model(student, tokenizer, work_dir / "model")
+            student.save_pretrained(work_dir / "model", safe_serialization=True)
+            tokenizer.save_pretrained(work_dir / "model")
 
         artifact = self.cache.get_or_build("student_init", self.specs.student_init(teacher.identity), build,
                                            self.accelerator, inputs=_inputs(teacher))
@@ -298,15 +316,16 @@ class Pipeline:
             return student
 
         def build(work_dir: Path) -> None:
-            device = self.accelerator.device
-            teacher_model = load_teacher(teacher.path, self.cfg.pair.architecture).to(device).eval()
-            student_model = load_teacher(student.path, self.cfg.pair.architecture)
+            teacher_model = self._load(teacher.path, "frozen")
+            student_model = self._load(student.path, "trained")
             collator = data["collator_factory"](tokenizer)
             training = self._training_set(tokenizer, data)
             sources = self._sources(collator, training, cfg.batch_size, self.cfg.pipeline.artifact_seed)
-            objective = PredistillObjective(cfg, teacher_model, sources,
-                                            self._token_loss("predistill", teacher_model, student_model, tokenizer))
-            self._train_stage("predistill", student_model, objective, cfg, len(training.pair_target_ids), work_dir)
+            token_loss = self._token_loss("predistill", teacher_model, student_model, tokenizer)
+            token_loss.teacher = teacher_model = self._frozen(teacher_model)
+            objective = PredistillObjective(cfg, teacher_model, sources, token_loss)
+            student_model = self._train_stage("predistill", student_model, objective, cfg,
+                                              len(training.pair_target_ids), work_dir)
             self._finish_artifact_build(student_model, tokenizer, work_dir)
 
         artifact = self.cache.get_or_build("predistill", self.specs.predistill(student.identity, teacher.identity),
@@ -323,14 +342,14 @@ class Pipeline:
 
         def build(work_dir: Path) -> None:
             POSITION.enter("teacher_sampling")
-            if not self.is_main:
-                return
-            teacher_model = load_teacher(teacher.path, self.cfg.pair.architecture).to(self.accelerator.device).eval()
+            teacher_model = self._frozen(self._load(teacher.path, "frozen"))
             training = self._training_set(tokenizer, data)
-            # the build's seconds go to artifact.json, not into the artifact: its content digest covers content only
+            # every process samples its share; the main process writes them all. The build's seconds go to
+            # artifact.json, not into the artifact: its content digest covers content only
             sample_teacher_offline(teacher_model, data["collator_factory"](tokenizer), training.example_source_ids,
                                    [ex.id for ex in data["train_examples"]], cfg.decoding, cfg.num_samples,
-                                   cfg.batch_size, self.cfg.pipeline.artifact_seed, work_dir)
+                                   cfg.batch_size, self.cfg.pipeline.artifact_seed, work_dir if self.is_main else None,
+                                   parallel=self.parallel)
 
         artifact = self.cache.get_or_build("teacher_samples", self.specs.teacher_samples(teacher.identity), build,
                                            self.accelerator, inputs=_inputs(teacher))
@@ -349,24 +368,29 @@ class Pipeline:
         work_dir = self.run_dir / "distill"
         spec = self.specs.distill(student.identity, teacher.identity, None if samples is None else samples.identity)
         inputs = _contents(student, teacher, samples)
-        complete = self.rundir.is_complete("distill", spec, inputs, work_dir) if self.is_main else False
-        if complete:  # the finished student must still be what distill wrote, else it is made again
-            problem = manifest_problem(out_dir, self.cfg.pipeline.verify_artifacts)
-            if problem is not None:
-                log.warning("[distill] the distilled student does not verify (%s); running the stage again, which "
-                            "resumes from its last checkpoint in %s", problem, work_dir)
-                complete = False
-        if _any_process(self.accelerator, complete):
-            self._info("[distill] already complete in %s (same config and inputs); skipping", self.run_dir)
+        def decide() -> bool:
+            complete = self.rundir.is_complete("distill", spec, inputs, work_dir)
+            if complete:  # the finished student must still be what distill wrote, else it is made again
+                problem = manifest_problem(out_dir, self.cfg.pipeline.verify_artifacts)
+                if problem is not None:
+                    log.warning("[distill] the distilled student does not verify (%s); running the stage again, "
+                                "which resumes from its last checkpoint in %s", problem, work_dir)
+                    complete = False
+            if complete:
+                log.info("[distill] already complete in %s (same config and inputs); skipping", self.run_dir)
+            else:
+                work_dir.mkdir(parents=True, exist_ok=True)
+                self.rundir.begin("distill", spec, inputs, work_dir)
+            return complete
+
+        if self._on_main(decide):
             return str(out_dir), spec
-        if self.is_main:
-            work_dir.mkdir(parents=True, exist_ok=True)
-            self.rundir.begin("distill", spec, inputs, work_dir)
         self._info("[distill] %s in the %s regime%s, into %s", self.cfg.divergence.label or self.cfg.divergence.name,
                    cfg.regime, f" (lambda={cfg.lam})" if cfg.regime == "gkd" else "", work_dir)
-        device = self.accelerator.device
-        teacher_model = load_teacher(teacher.path, self.cfg.pair.architecture).to(device).eval()
-        student_model = load_teacher(student.path, self.cfg.pair.architecture)
+        teacher_model = self._load(teacher.path, "frozen")
+        student_model = self._load(student.path, "trained")
+        token_loss = self._token_loss("distill", teacher_model, student_model, tokenizer)
+        token_loss.teacher = teacher_model = self._frozen(teacher_model)
         training = self._training_set(tokenizer, data)
         teacher_samples = load_teacher_samples(samples.path) if samples is not None else None
         online = cfg.teacher_sampling == "online"
@@ -378,26 +402,32 @@ class Pipeline:
         task = SyntheticTask(**dict(self.cfg.dataset.params)) if self.cfg.dataset.name == "synthetic" else None
         objective = build_objective(objective_name(self.cfg.divergence.name, cfg.regime),
                                     divergence=self.checked.divergence, distill=cfg, sources=sources,
-                                    seed=self.cfg.seed, context={"task": task},
-                                    token_loss=self._token_loss("distill", teacher_model, student_model, tokenizer))
+                                    seed=self.cfg.seed, context={"task": task, "device": self.parallel.device},
+                                    token_loss=token_loss)
         num_items = len(teacher_samples) if teacher_samples is not None else len(training.pair_target_ids)
-        self._train_stage("distill", student_model, objective, cfg, num_items, work_dir)
+        student_model = self._train_stage("distill", student_model, objective, cfg, num_items, work_dir)
         self._write_process_record(student_model, objective)
         self._save_model(student_model, tokenizer, out_dir)
         student_content = None
         if self.is_main:  # the run's student: verified like a cache artifact before it is evaluated or reused
             student_content = write_manifest(out_dir, self.cfg.pipeline.verify_artifacts)["content"]
         self._mark("distill", spec, inputs, {"student": str(out_dir), "student_content": student_content,
-                                             "seconds": self.timings.get("distill_seconds")})
+                                             "seconds": self.timings.get("distill_seconds"),
+                                             "steps": self.stage_summaries.get("distill")})
         return str(out_dir), spec
 
     def _write_process_record(self, student, objective: Objective) -> None:
         """DDP sanity artifact ``<run_dir>/distill/process_<rank>.json``: the student's parameter digest
         and the GKD on-policy micro-steps this process ran; all processes must write the same values."""
-        rank = self.accelerator.process_index
+        rank = self.parallel.rank
+        if self.parallel.shard_training:  # collective; the whole model exists on the main process only
+            state = self.parallel.full_state_dict(student)
+            digest = parameter_digest(state) if state is not None else None
+        else:
+            digest = parameter_digest(unwrap(student))
         write_json_atomic(self.run_dir / "distill" / f"process_{rank}.json",
-                          {"rank": rank, "num_processes": self.accelerator.num_processes,
-                           "param_sha256": parameter_digest(self.accelerator.unwrap_model(student)),
+                          {"rank": rank, "num_processes": self.parallel.world_size,
+                           "strategy": self.cfg.pipeline.distributed.strategy, "param_sha256": digest,
                            "on_policy_micro_steps": objective.on_policy_micro_steps})
 
     def stage_evaluate(self, student_dir: str, student: ModelRef, teacher: ModelRef, distill_spec: dict | None,
@@ -410,19 +440,39 @@ class Pipeline:
             return {}
         spec = self.specs.evaluate(distill_spec, student.identity, teacher.identity, data["eval_digest"])
         inputs = _contents(teacher) if distill_spec is not None else _contents(student, teacher)
-        result: dict = {}
-        if self.is_main:
+
+        def decide() -> dict | None:  # the finished evaluation's metrics, or None to evaluate now
             if self.rundir.is_complete("evaluate", spec, inputs) and metrics_path.is_file():
                 log.info("[evaluate] already complete (same config and inputs): %s", metrics_path)
-                result = json.loads(metrics_path.read_text())
-            else:
-                if distill_spec is not None:
-                    self._verify_run_student(Path(student_dir))
-                log.info("[evaluate] %s split, %d inputs", cfg.split, len(data["eval_examples"]))
-                result = run_evaluation(self, student_dir, teacher, tokenizer, data)
-                self.rundir.complete("evaluate", spec, inputs, {"metrics": str(metrics_path)})
+                return json.loads(metrics_path.read_text())
+            if distill_spec is not None:
+                self._verify_run_student(Path(student_dir))
+            log.info("[evaluate] %s split, %d inputs", cfg.split, len(data["eval_examples"]))
+            return None
+
+        done = self._on_main(decide)
+        if done is not None:
+            return done
+        # every process generates and scores its share of the inputs; the main process writes the results
+        result = run_evaluation(self, student_dir, teacher, tokenizer, data)
+        if self.is_main:
+            self.rundir.complete("evaluate", spec, inputs, {"metrics": str(metrics_path)})
         self.accelerator.wait_for_everyone()
         return result
+
+    def _on_main(self, compute):
+        """``compute()`` on the main process (which alone reads the run dir), and its result, or its error, on
+        every process: no process goes on into collective work that the main process has refused."""
+        outcome = None
+        if self.is_main:
+            try:
+                outcome = ("result", compute())
+            except FdistillError as error:
+                outcome = ("error", error)
+        outcome = self.parallel.broadcast(outcome)
+        if outcome[0] == "error":
+            raise outcome[1]
+        return outcome[1]
 
     def _verify_run_student(self, student_dir: Path) -> None:
         """The distilled student is what the distill stage recorded (its manifest, and the content the stage's
@@ -461,15 +511,6 @@ class Pipeline:
 
 def _inputs(*refs: ModelRef) -> list[Artifact]:
     return [ref.artifact for ref in refs if ref.artifact is not None]
-
-
-def _any_process(accelerator, flag: bool) -> bool:
-    """The main process's decision on every process (only the main process reads the run dir)."""
-    if accelerator.num_processes == 1:
-        return flag
-    from accelerate.utils import broadcast_object_list
-
-    return bool(broadcast_object_list([flag], from_process=0)[0])
 
 
 def _digest_rows(rows) -> str:

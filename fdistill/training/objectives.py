@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from fdistill.config import DecodingConfig, DistillConfig
-from fdistill.divergences import Divergence, masked_mean, sum_per_sequence
-from fdistill.divergences.fused import fused_label_log_probs, fused_label_logits, fused_loss
+from fdistill.divergences import Divergence
+from fdistill.divergences.fused import fused_label_log_probs, fused_label_logits, fused_loss, fused_per_token
 from fdistill.models import (
     head_inputs_and_hidden_states,
     output_head,
@@ -37,6 +37,7 @@ from fdistill.models import (
 )
 from fdistill.sampling import sample_targets
 from fdistill.training.loop import StepSampler, micro_step_seed
+from fdistill.training.timing import STEP_TIMES, timed
 
 IGNORE_INDEX = -100
 REDUCTIONS = ("sequence", "token")  # mean over sequences of per-sequence sums | mean over valid tokens
@@ -80,7 +81,7 @@ class BatchSources:
                  fixed_data: str = "references", data_fraction: float = 1.0) -> None:
         self.collator, self.data, self.teacher_model, self.device = collator, data, teacher, device
         self.teacher_decoding, self.student_decoding = teacher_decoding, student_decoding
-        self.fixed_data, self.seed, self.rank = fixed_data, seed, rank
+        self.fixed_data, self.seed = fixed_data, seed
         self.teacher_samples = teacher_samples
         examples = _fraction_of(len(data.example_source_ids), data_fraction)
         kept = set(examples)
@@ -94,10 +95,13 @@ class BatchSources:
             self.sample_sampler = _Subset(rows, StepSampler(len(rows), batch_size, seed + 2, rank, world_size))
 
     def _to_device(self, batch: dict) -> dict:
+        STEP_TIMES.count_tokens(batch["labels"])  # on the CPU still: no device sync
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _generation_seed(self, micro_step: int) -> int:
-        return micro_step_seed(self.seed, micro_step) + self.rank
+        """The seed of micro-step `m`'s samples; each sample is further keyed by its input (`row_keys`), so the
+        samples of an input at a step do not depend on which process draws them."""
+        return micro_step_seed(self.seed, micro_step)
 
     def references(self, micro_step: int) -> dict:
         idx = self.reference_sampler(micro_step)
@@ -112,9 +116,11 @@ class BatchSources:
             rows = self.teacher_samples.select(self.sample_sampler(micro_step))
             sources = [self.data.example_source_ids[i] for i in rows["example_index"]]
             return self._to_device(self.collator.from_ids(sources, rows["target_ids"]))
-        sources = [self.data.example_source_ids[i] for i in self.example_sampler(micro_step)]
-        targets = sample_targets(self.teacher_model, self.collator, sources, self.teacher_decoding,
-                                 seed=self._generation_seed(micro_step))
+        examples = self.example_sampler(micro_step)
+        sources = [self.data.example_source_ids[i] for i in examples]
+        with timed("generation"):
+            targets = sample_targets(self.teacher_model, self.collator, sources, self.teacher_decoding,
+                                     seed=self._generation_seed(micro_step), row_keys=examples)
         return self._to_device(self.collator.from_ids(sources, targets))
 
     def student(self, student, micro_step: int) -> dict:
@@ -125,8 +131,9 @@ class BatchSources:
         """(batch, example index per row, sampled target ids): `num_samples` consecutive rows per input."""
         examples = self.example_sampler(micro_step)
         sources = [self.data.example_source_ids[i] for i in examples]
-        targets = sample_targets(_unwrap(student), self.collator, sources, self.student_decoding, num_samples,
-                                 seed=self._generation_seed(micro_step))
+        with timed("generation"):
+            targets = sample_targets(student, self.collator, sources, self.student_decoding, num_samples,
+                                     seed=self._generation_seed(micro_step), row_keys=examples)
         rows = [index for index in examples for _ in range(num_samples)]
         batch = self.collator.from_ids([self.data.example_source_ids[i] for i in rows], targets)
         return self._to_device(batch), rows, targets
@@ -159,19 +166,25 @@ class _Subset:
         return [self.items[position] for position in self.sampler(micro_step)]
 
 
-def _unwrap(model):
-    return getattr(model, "module", model)
-
-
 def _valid(batch: dict) -> torch.Tensor:
     return batch["labels"] != IGNORE_INDEX
 
 
-def _row_weights(valid: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Per-token weights of a reduction over [B, T] valid positions (flattened over the valid ones)."""
-    if reduction == "token":
-        return (valid / valid.sum().clamp_min(1))[valid]
-    return (valid / valid.shape[0])[valid]
+def _row_weights(valid: torch.Tensor, reduction: str, parallel=None) -> torch.Tensor:
+    """Per-token weights of a reduction over [B, T] valid positions (flattened over the valid ones): the mean over
+    the valid tokens (`token`) or the sequences (`sequence`) of the *global* batch when several processes share
+    it (the counts are summed across them; their gradients are averaged, hence the factor of their number)."""
+    count = valid.sum() if reduction == "token" else torch.tensor(valid.shape[0], device=valid.device)
+    scale = 1.0
+    if parallel is not None and parallel.world_size > 1:
+        count, scale = parallel.global_sum(count), float(parallel.world_size)
+    return (valid * (scale / count.clamp_min(1)))[valid]
+
+
+def _reduce(values: torch.Tensor, valid: torch.Tensor, reduction: str, parallel=None) -> torch.Tensor:
+    """The reduction of per-token `values` [B, T] (see :func:`_row_weights`)."""
+    weights = _row_weights(valid, reduction, parallel)
+    return (values[valid] * weights.to(values.dtype)).sum()
 
 
 class TokenLoss:
@@ -181,8 +194,28 @@ class TokenLoss:
     ``vocab_size``: distil over the first ``vocab_size`` logits only (a vocabulary padded beyond the
     tokenizer's, e.g. Qwen2.5's 151,936 vs 152,064 rows)."""
 
-    def __init__(self, teacher, *, fused: bool, vocab_size: int | None = None) -> None:
+    def __init__(self, teacher, *, fused: bool, vocab_size: int | None = None, parallel=None,
+                 chunk_rows: int | None = None) -> None:
+        """`parallel` (`fdistill.parallel.Parallel`): heads of sharded models and the global batch's token counts;
+        None for one process. `chunk_rows`: token rows per chunk of every fused loss (None: by device)."""
         self.teacher, self.fused, self.vocab_size = teacher, fused, vocab_size
+        self.parallel, self.chunk_rows = parallel, chunk_rows
+
+    def _with_heads(self, student, teacher, fn, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor | None):
+        """``fn(student_head, teacher_head, student_hidden)`` with both output heads gathered for the call."""
+        if self.parallel is None:
+            teacher_head = None if teacher is None else output_head(teacher, self.vocab_size)
+            return fn(output_head(student, self.vocab_size), teacher_head, student_hidden)
+        call = self.parallel.call_head
+        if teacher is None:
+            return call(student, lambda s_head, hidden: fn(s_head, None, hidden), student_hidden, self.vocab_size)
+        return call(student, lambda s_head, hidden: call(
+            teacher, lambda t_head, _: fn(s_head, t_head, hidden), teacher_hidden, self.vocab_size),
+            student_hidden, self.vocab_size)
+
+    def _teacher_forward(self, compute):
+        with torch.no_grad(), timed("teacher_forward"):
+            return compute()
 
     def _logits(self, model, batch: dict) -> torch.Tensor:
         logits = token_logits(model, batch)
@@ -206,8 +239,8 @@ class TokenLoss:
             return self._fused_divergence(div, part, student, batch, valid, reduction, ce_weight,
                                           output_hidden_states)
         student_logits, states = self._logits_and_states(student, batch, output_hidden_states)
-        with torch.no_grad():
-            teacher_logits, teacher_states = self._logits_and_states(self.teacher, batch, output_hidden_states)
+        teacher_logits, teacher_states = self._teacher_forward(
+            lambda: self._logits_and_states(self.teacher, batch, output_hidden_states))
         kwargs = {}
         if div.uses_prefix_logprobs:
             kwargs = {"teacher_prefix_logprob": prefix_log_probs(label_log_probs(teacher_logits, batch["labels"],
@@ -216,40 +249,47 @@ class TokenLoss:
                                                                                  batch["labels"], div.temperature))}
         method = {"both": div.per_token, "teacher": div.teacher_side, "student": div.student_side}[part]
         values = method(student_logits, teacher_logits, mask=valid, **kwargs)
-        loss = masked_mean(values, valid) if reduction == "token" else sum_per_sequence(values, valid).mean()
+        loss = _reduce(values, valid, reduction, self.parallel)
         logs = {"divergence": float(loss.detach())}
         if ce_weight:
-            ce = F.cross_entropy(student_logits.flatten(0, 1).float(), batch["labels"].flatten(),
-                                 ignore_index=IGNORE_INDEX)
+            nll = F.cross_entropy(student_logits.transpose(1, 2).float(), batch["labels"], ignore_index=IGNORE_INDEX,
+                                  reduction="none")
+            ce = _reduce(nll, valid, "token", self.parallel)
             loss, logs["mle"] = loss + ce_weight * ce, float(ce.detach())
         return loss, logs, {"student": states, "teacher": teacher_states}
 
     def _fused_divergence(self, div, part, student, batch, valid, reduction, ce_weight, output_hidden_states):
         hidden, states = self._hidden(student, batch, output_hidden_states)
-        with torch.no_grad():
-            teacher_hidden, teacher_states = self._hidden(self.teacher, batch, output_hidden_states)
-        s_head, t_head = output_head(student, self.vocab_size), output_head(self.teacher, self.vocab_size)
-        weights = _row_weights(valid, reduction)
+        teacher_hidden, teacher_states = self._teacher_forward(
+            lambda: self._hidden(self.teacher, batch, output_hidden_states))
+        weights = _row_weights(valid, reduction, self.parallel)
+        token_weights = _row_weights(valid, "token", self.parallel)
         labels = batch["labels"][valid]
         logs = {}
+        chunk = self.chunk_rows or div.chunk_tokens
         if div.uses_prefix_logprobs:  # per-token path: the prefix log-probabilities first (no gradient)
-            prefix = {"teacher_prefix_logprob": _fused_prefix(t_head, teacher_hidden, batch["labels"], div.temperature),
-                      "student_prefix_logprob": _fused_prefix(s_head, hidden.detach(), batch["labels"],
-                                                              div.temperature)}
-            values = div.fused(hidden, s_head.weight, teacher_hidden, t_head.weight, part=part,
-                               student_bias=s_head.bias, teacher_bias=t_head.bias, mask=valid,
-                               student_softcap=s_head.softcap, teacher_softcap=t_head.softcap, **prefix)
-            loss = masked_mean(values, valid) if reduction == "token" else sum_per_sequence(values, valid).mean()
+            def per_token(s_head, t_head, student_hidden):
+                prefix = {"teacher_prefix_logprob": _fused_prefix(t_head, teacher_hidden, batch["labels"],
+                                                                  div.temperature, self.chunk_rows),
+                          "student_prefix_logprob": _fused_prefix(s_head, student_hidden.detach(), batch["labels"],
+                                                                  div.temperature, self.chunk_rows)}
+                return fused_per_token(div, part, student_hidden, s_head.weight, s_head.bias, teacher_hidden,
+                                       t_head.weight, t_head.bias, mask=valid, student_softcap=s_head.softcap,
+                                       teacher_softcap=t_head.softcap, chunk_rows=chunk, **prefix)
+
+            values = self._with_heads(student, self.teacher, per_token, hidden, teacher_hidden)
+            loss = _reduce(values, valid, reduction, self.parallel)
             logs["divergence"] = float(loss.detach())
             if ce_weight:
-                ce_total, _, ce = fused_loss(None, "both", s_head, hidden[valid], None, None, None, labels=labels,
-                                             ce_weights=torch.full_like(weights, ce_weight / max(1, labels.numel())))
+                ce_total, _, ce = self._with_heads(student, None, lambda s_head, _, student_hidden: fused_loss(
+                    None, "both", s_head, student_hidden[valid], None, None, None, labels=labels,
+                    ce_weights=token_weights * ce_weight, chunk_rows=self.chunk_rows), hidden, None)
                 loss, logs["mle"] = loss + ce_total, float(ce.mean())
         else:
-            ce_weights = torch.full_like(weights, ce_weight / max(1, labels.numel())) if ce_weight else None
-            loss, values, ce = fused_loss(div, part, s_head, hidden[valid], t_head, teacher_hidden[valid],
-                                          div_weights=weights, labels=labels if ce_weight else None,
-                                          ce_weights=ce_weights)
+            ce_weights = token_weights * ce_weight if ce_weight else None
+            loss, values, ce = self._with_heads(student, self.teacher, lambda s_head, t_head, student_hidden: fused_loss(
+                div, part, s_head, student_hidden[valid], t_head, teacher_hidden[valid], div_weights=weights,
+                labels=labels if ce_weight else None, ce_weights=ce_weights, chunk_rows=chunk), hidden, teacher_hidden)
             logs["divergence"] = float((values.detach() * weights.to(values.dtype)).sum())
             if ce is not None:
                 logs["mle"] = float(ce.mean())
@@ -261,8 +301,9 @@ class TokenLoss:
         valid = _valid(batch)
         if self.fused:
             hidden, _ = self._hidden(model, batch)
-            loss, _, _ = fused_loss(None, "both", output_head(model, self.vocab_size), hidden[valid], None, None,
-                                    None, labels=batch["labels"][valid], ce_weights=weights[valid].float())
+            loss, _, _ = self._with_heads(model, None, lambda head, _, states: fused_loss(
+                None, "both", head, states[valid], None, None, None, labels=batch["labels"][valid],
+                ce_weights=weights[valid].float(), chunk_rows=self.chunk_rows), hidden, None)
             return loss
         logits = self._logits(model, batch)
         nll = F.cross_entropy(logits.transpose(1, 2).float(), batch["labels"], ignore_index=IGNORE_INDEX,
@@ -270,34 +311,38 @@ class TokenLoss:
         return (nll * weights * valid).sum()
 
     @torch.no_grad()
-    @torch.no_grad()
     def teacher_chosen_and_best(self, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's logit of every label and its largest logit, per position ([B, T] each), over the
         tokenizer's vocabulary: what the teacher-induced reward reads (chunked when fused; no gradient)."""
         if not self.fused:
             logits = self._logits(self.teacher, batch).float() / temperature
             return logits.gather(-1, batch["labels"].clamp_min(0).unsqueeze(-1)).squeeze(-1), logits.amax(-1)
-        hidden, _ = self._hidden(self.teacher, batch)
-        head = output_head(self.teacher, self.vocab_size)
+        hidden, _ = self._teacher_forward(lambda: self._hidden(self.teacher, batch))
         flat = hidden.reshape(-1, hidden.shape[-1])
-        chosen, best = fused_label_logits(head, flat, batch["labels"].reshape(-1), temperature)
+        chosen, best = self._with_heads(self.teacher, None, lambda head, _, states: fused_label_logits(
+            head, states, batch["labels"].reshape(-1), temperature, self.chunk_rows), flat, None)
         return chosen.reshape(batch["labels"].shape), best.reshape(batch["labels"].shape)
 
     def nll(self, model, batch: dict) -> torch.Tensor:
         """Token-averaged negative log-likelihood of the batch labels (MLE)."""
+        valid = _valid(batch)
         if self.fused:
             hidden, _ = self._hidden(model, batch)
-            valid = _valid(batch)
             labels = batch["labels"][valid]
-            loss, _, _ = fused_loss(None, "both", output_head(model, self.vocab_size), hidden[valid], None, None,
-                                    None, labels=labels, ce_weights=_row_weights(valid, "token"))
+            loss, _, _ = self._with_heads(model, None, lambda head, _, states: fused_loss(
+                None, "both", head, states[valid], None, None, None, labels=labels,
+                ce_weights=_row_weights(valid, "token", self.parallel), chunk_rows=self.chunk_rows), hidden, None)
             return loss
         logits = self._logits(model, batch)
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        nll = F.cross_entropy(logits.transpose(1, 2).float(), batch["labels"], ignore_index=IGNORE_INDEX,
+                              reduction="none")
+        return _reduce(nll, valid, "token", self.parallel)
 
 
-def _fused_prefix(head, hidden: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    flat = fused_label_log_probs(head, hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), temperature)
+def _fused_prefix(head, hidden: torch.Tensor, labels: torch.Tensor, temperature: float,
+                  chunk_rows: int | None = None) -> torch.Tensor:
+    flat = fused_label_log_probs(head, hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), temperature,
+                                 chunk_rows)
     return prefix_log_probs(flat.reshape(labels.shape))
 
 

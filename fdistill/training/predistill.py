@@ -53,9 +53,18 @@ class PredistillObjective:
         masks = {"encoder": batch["attention_mask"].bool(), "decoder": valid}
         if "encoder" not in pairs:  # decoder-only: hidden states cover prompt + target positions
             masks["decoder"] = batch["attention_mask"].bool()
-        terms = [F.mse_loss(self._scaled(s[masks[stack]]), self._scaled(t[masks[stack]]))
+        terms = [self._mse(self._scaled(s[masks[stack]]), self._scaled(t[masks[stack]]))
                  for stack, layer_pairs in pairs.items() for s, t in layer_pairs]
         return torch.stack(terms).mean()
+
+    def _mse(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the elements of the *global* batch (the counts of every process summed; their
+        gradients are averaged, hence the factor of their number), as one process would compute it."""
+        parallel = None if self.token_loss is None else self.token_loss.parallel
+        if parallel is None or parallel.world_size == 1:
+            return F.mse_loss(student, teacher)
+        count = parallel.global_sum(torch.tensor(float(student.numel()), device=student.device))
+        return F.mse_loss(student, teacher, reduction="sum") * (parallel.world_size / count.clamp_min(1.0))
 
     def _scaled(self, states: torch.Tensor) -> torch.Tensor:
         states = states.float()

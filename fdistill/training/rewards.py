@@ -147,7 +147,7 @@ class EntailmentReward(Reward):
     (``params.model``: a local checkpoint or hub id with an "entailment" label; no such checkpoint is
     reachable offline here, so fdistill tests this on a tiny randomly initialised classifier)."""
 
-    accepted = ("model", "batch_size")
+    accepted = ("model", "batch_size", "device")
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -158,6 +158,7 @@ class EntailmentReward(Reward):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(params["model"])
             self.model = AutoModelForSequenceClassification.from_pretrained(params["model"]).eval()
+            self.model.to(params.get("device") or "cpu")  # the training device (the pipeline passes it)
         except OSError as error:
             raise ConfigError(f"reward 'entailment': NLI model {params['model']!r} could not be loaded ({error})") from None
         labels = {str(name).lower(): int(index) for index, name in self.model.config.id2label.items()}
@@ -173,10 +174,14 @@ class EntailmentReward(Reward):
         values: list[float] = []
         for start in range(0, len(inputs.outputs), step):
             encoded = self.tokenizer(list(inputs.sources[start:start + step]), list(inputs.outputs[start:start + step]),
-                                     truncation=True, padding=True, return_tensors="pt")
+                                     truncation=True, padding=True, return_tensors="pt").to(self.model.device)
             probabilities = torch.softmax(self.model(**encoded).logits.float(), dim=-1)
             values += probabilities[:, self.entailment].tolist()
         return sequence_rewards_on_last_token(values, inputs.batch["labels"])
+
+
+#: reward parameters the pipeline fills (never set in the config)
+CONTEXT_PARAMS = ("task", "device")
 
 
 def check_reward_config(name: str, params: dict, dataset: str) -> None:
@@ -184,7 +189,7 @@ def check_reward_config(name: str, params: dict, dataset: str) -> None:
     if name not in REWARDS:
         raise ConfigError(f"unknown reward {name!r}; choose one of {sorted(REWARDS)} (pipeline.distill.rl.reward)")
     cls = REWARDS[name]
-    accepted = [key for key in cls.accepted if key != "task"]
+    accepted = [key for key in cls.accepted if key not in CONTEXT_PARAMS]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ConfigError(f"reward {name!r}: unknown parameter(s) {unknown}; accepted: {accepted or 'none'} "
