@@ -491,9 +491,10 @@ def test_akl_head_is_every_token_whose_strictly_more_probable_mass_is_below_mu(d
     wide = p.double()
     more_probable_mass = (wide.unsqueeze(-2) * (wide.unsqueeze(-2) > wide.unsqueeze(-1))).sum(-1)
     expected = more_probable_mass < mu * wide.sum(-1, keepdim=True)
-    head = get_divergence("akl", mu=mu).head_mask(p)
-    assert torch.equal(head, expected), (head != expected).nonzero()[:5]
-    assert not head[-1].any()
+    for sync_free in (False, True):  # top-k over the boundary bin (CPU) and bisection (accelerators, no host sync)
+        head = get_divergence("akl", mu=mu).head_mask(p, sync_free=sync_free)
+        assert torch.equal(head, expected), (sync_free, (head != expected).nonzero()[:5])
+        assert not head[-1].any()
 
 
 def test_akl_head_split_in_float32_matches_float64():

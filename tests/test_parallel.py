@@ -301,6 +301,17 @@ def test_a_fused_loss_call_makes_one_host_sync_however_many_chunks(name):
     assert _host_syncs(call) == 1
 
 
+def test_akls_head_split_needs_no_host_sync_on_an_accelerator():
+    """On an accelerator AKL's head split bisects the boundary bin (sync-free); on the CPU its top-k reads the
+    bin's width (free there). Both equal the definition (tests/test_divergences.py)."""
+    from fdistill.divergences import get_divergence
+
+    p = torch.softmax(torch.randn(16, 500) * 3, -1)
+    akl = get_divergence("akl", mu=0.5)
+    assert _host_syncs(lambda: akl.head_mask(p, sync_free=True)) == 0
+    assert _host_syncs(lambda: akl.head_mask(p, sync_free=False)) == 1
+
+
 def test_a_masked_vocabulary_entry_still_takes_the_exact_path():
     """-inf logits (a padded vocabulary) trip the deferred flag: the call is computed again on the masked path."""
     from fdistill.divergences import get_divergence

@@ -663,6 +663,27 @@ _HEAD_BIN_BITS = 6      # 2**6 bins per octave of probability
 _HEAD_BINS = 64 << 6    # 64 octaves below the row's top token; everything less probable shares the last bin
 
 
+def _bisect_boundary(p: Tensor, bits: Tensor, bins: Tensor, boundary: Tensor, in_boundary: Tensor,
+                     before_boundary: Tensor, target: Tensor, bin_shift: int) -> Tensor:
+    """The smallest bit pattern b in the boundary bin's range with before_boundary + Σ{p_v : v in the bin, bits_v > b}
+    < target, per row [rows, 1] (one past the range when none): the bit pattern of the last head token (AKL's
+    head = every token whose strictly more probable mass is below μ). Bisection over the bin's bit range, a
+    fixed number of steps: no host sync."""
+    top = bits.amax(dim=-1, keepdim=True)
+    last_bin = boundary == _HEAD_BINS - 1  # the last bin holds everything below: its range reaches down to 0
+    high = top - (boundary << bin_shift)  # the bin's largest bit pattern
+    low = torch.where(last_bin, torch.zeros_like(high), high - (1 << bin_shift) + 1)
+    high = high + 1  # one past the range: no token of the bin is in the head
+    masked = torch.where(in_boundary, p.double(), torch.zeros((), dtype=torch.float64, device=p.device))
+    for _ in range(bits.element_size() * 8):  # enough halvings for the widest range (the last bin's)
+        middle = low + (high - low) // 2
+        above = before_boundary + (masked * (bits > middle)).sum(dim=-1, keepdim=True)
+        found = above < target
+        high = torch.where(found, middle, high)
+        low = torch.where(found, low, middle + 1)
+    return low
+
+
 @register_divergence("akl")
 class AdaptiveKL(Divergence):
     """Adaptive KL of Wu et al. 2024 (Eqs. 11-15).
@@ -695,7 +716,7 @@ class AdaptiveKL(Divergence):
             raise ValueError(f"divergence {self.name!r}: detach_weights={detach_weights!r} must be true or false")
         self.detach_weights = detach_weights
 
-    def head_mask(self, p: Tensor) -> Tensor:
+    def head_mask(self, p: Tensor, sync_free: bool | None = None) -> Tensor:
         """True for the head tokens of each row (Wu et al. Eqs. 11-12), in vocabulary order: a token is in the
         head when the teacher mass of the tokens strictly more probable than it, summed in float64, is below μ
         times the row's total mass (so rounding never moves a token to the tail, and tokens tied with the last
@@ -704,7 +725,10 @@ class AdaptiveKL(Divergence):
         Without a sort over the vocabulary (the sort was ~90% of AKL's time at V = 50k): tokens are binned by
         their probability's bit pattern (monotone in the value, ~64 bins per octave below the row's top token);
         the float64 bin masses decide every bin but the one where the cumulative mass crosses μ, and only that
-        bin's tokens are ordered (a top-k over the few of them)."""
+        bin's tokens are ordered: by a top-k over the few of them (its width is read on the host: on the CPU), or,
+        with `sync_free` (default: on an accelerator, where that read would stall the device once per chunk), by a
+        fixed number of bisection steps over the bit patterns of that bin (the smallest value b whose strictly
+        larger tokens hold less than μ of the mass: exactly the last head token's value)."""
         if self.mu >= 1:
             return torch.ones_like(p, dtype=torch.bool)
         if self.mu <= 0:
@@ -724,6 +748,10 @@ class AdaptiveKL(Divergence):
         boundary = (through <= target).sum(dim=-1, keepdim=True).clamp_(max=_HEAD_BINS - 1)
         before_boundary = through.gather(-1, boundary) - mass.gather(-1, boundary)
         in_boundary = bins == boundary
+        if p.device.type != "cpu" if sync_free is None else sync_free:
+            last_head = _bisect_boundary(p, bits, bins, boundary, in_boundary, before_boundary, target,
+                                         mantissa_bits - _HEAD_BIN_BITS)
+            return ((bins < boundary) | (in_boundary & (bits >= last_head))) & (target > 0)
         width = int(in_boundary.sum(dim=-1).max())
         candidates = torch.where(in_boundary, p, torch.full_like(p, -1.0)).topk(width, dim=-1).values
         candidate_mass = candidates.clamp(min=0).double()
