@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> None:
     if hydra_config.mode == RunMode.MULTIRUN:
         job = f"{hydra_config.job.num} ({hydra_config.job.override_dirname or 'no overrides'})"
     with guarded(job, run_dir):
-        run_pipeline(cfg, run_dir, list(hydra_config.overrides.task))
+        run_pipeline(cfg, run_dir, list(hydra_config.overrides.task), link_latest=job is None)
 
 
 if __name__ == "__main__":

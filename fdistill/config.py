@@ -394,9 +394,12 @@ class PipelineConfig:
     #: a run dir holding results of another config: `error`, or `archive` its contents and start fresh
     on_run_dir_conflict: str = "error"
     #: compute the losses from hidden states and the models' own output heads, chunk by chunk, so the
-    #: [tokens, V] logits never exist in full (exact; used where fdistill.models.heads supports the
-    #: architecture, else the logits are materialised)
-    fused_lm_head: bool = True
+    #: [tokens, V] logits never exist in full (exact; where fdistill.models.heads supports the architecture):
+    #: `auto` decides per call by size (fused once the logits would reach fused_min_logits_mib), true / false force
+    fused_lm_head: str = "auto"
+    #: fused_lm_head=auto's threshold: MiB of float32 logits (each model's, and the gradient) a call would
+    #: materialise; null: by device (measured on the CPU: results/bench/divergences.md; GPU: 256)
+    fused_min_logits_mib: float | None = None
     teacher_sft: TrainStageConfig = field(default_factory=lambda: TrainStageConfig(max_steps=500))
     predistill: PredistillConfig = field(default_factory=lambda: PredistillConfig(max_steps=300))
     teacher_sampling: TeacherSamplingConfig = field(default_factory=TeacherSamplingConfig)
@@ -410,6 +413,10 @@ class PipelineConfig:
                  self.mixed_precision, "null (the launcher's), no, fp16 or bf16")
         _require(self.chunk_tokens is None or self.chunk_tokens > 0, f"{key}.chunk_tokens", self.chunk_tokens,
                  "null or a positive number of token rows")
+        _require(str(self.fused_lm_head).lower() in ("auto", "true", "false"), f"{key}.fused_lm_head",
+                 self.fused_lm_head, "auto, true or false")
+        _require(self.fused_min_logits_mib is None or self.fused_min_logits_mib >= 0, f"{key}.fused_min_logits_mib",
+                 self.fused_min_logits_mib, "null or >= 0")
         if self.distributed.strategy == "fsdp" and self.mixed_precision == "fp16":
             raise ConfigError("config error: pipeline.mixed_precision=fp16 with pipeline.distributed.strategy=fsdp is "
                               "not supported (sharded fp16 training needs a sharded loss scaler); use "
@@ -447,15 +454,54 @@ class FdistillConfig:
         _require(0 <= self.seed < 2**31, "seed", self.seed, "an integer in [0, 2**31) (numpy and torch seeds)")
 
 
+def _split_overrides(override_dirname: str) -> list[str]:
+    """Hydra's override_dirname ("k1=v1,k2=v2", values may hold commas inside brackets or quotes) as its items."""
+    items, depth, quote, current = [], 0, None, ""
+    for char in override_dirname:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(current)
+            current = ""
+            continue
+        current += char
+    return [*items, current] if current else items
+
+
 def run_dir_slug(override_dirname: str, max_length: int = 120) -> str:
-    """Directory name for a run from Hydra's override_dirname: "default" when there are no overrides,
-    path separators replaced, long names shortened with a hash (deterministic: re-running resumes)."""
+    """Directory name for a run from Hydra's override_dirname, readable and deterministic (re-running resumes):
+    "default" without overrides; else its ``key=value`` pairs, each key shortened to its shortest dotted suffix
+    that no other override of the run shares (``pipeline.distill.lam=0.5`` → ``lam=0.5``), then an 8-hex hash of
+    the full overrides (so two runs never share a name); pairs that would pass `max_length` are left to the hash."""
     import hashlib
 
-    slug = override_dirname.replace("/", "_").replace("+", "") or "default"
-    if len(slug) > max_length:
-        slug = f"{slug[: max_length - 17]}-{hashlib.sha256(slug.encode()).hexdigest()[:16]}"
-    return slug
+    if not override_dirname:
+        return "default"
+    items = [item.replace("/", "_").lstrip("+~") for item in _split_overrides(override_dirname)]
+    keys = [item.split("=", 1)[0] for item in items]
+
+    def short(key: str) -> str:
+        parts = key.split(".")
+        for size in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-size:])
+            if sum(other == suffix or other.endswith("." + suffix) for other in keys) == 1:
+                return suffix
+        return key
+
+    pairs = [f"{short(key)}={item.split('=', 1)[1]}" if "=" in item else item for key, item in zip(keys, items, strict=True)]
+    digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:8]
+    kept: list[str] = []
+    for pair in pairs:
+        if len(",".join([*kept, pair])) + 9 > max_length:
+            break
+        kept.append(pair)
+    return f"{','.join(kept)}-{digest}" if kept else digest
 
 
 def register_configs() -> None:

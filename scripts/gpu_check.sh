@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 work, out, one_s, two_s = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
-one, two = (next((work / run).glob("runs/*/*")) for run in ("one", "two"))
+one, two = (next(path for path in (work / run).glob("runs/*/*") if path.name != "latest") for run in ("one", "two"))
 a, b = load_file(one / "student" / "model.safetensors"), load_file(two / "student" / "model.safetensors")
 diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 same = (one / "predictions.jsonl").read_text() == (two / "predictions.jsonl").read_text()

@@ -51,7 +51,7 @@ def run_cli(args: list[str], *, launcher: list[str] | None = None, timeout: floa
 
 def single_run_dir(output_dir: Path) -> Path:
     """The one run dir (``<output_dir>/runs/<run_name>/<slug>``) a single command created."""
-    found = sorted(output_dir.glob("runs/*/*"))
+    found = sorted(path for path in output_dir.glob("runs/*/*") if path.name != "latest")
     assert len(found) == 1, f"expected one run dir under {output_dir}, found {found}"
     return found[0]
 

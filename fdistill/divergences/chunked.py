@@ -37,6 +37,10 @@ DEFAULT_CHUNK_ELEMENTS = 2**20
 #: float32 gradient are read and written once per ~2k tokens instead of once per 8
 GPU_CHUNK_ELEMENTS = 2**28
 GPU_MIN_CHUNK_ROWS = 1024
+#: the fused lm-head path on the CPU: at least this many rows per chunk, since every chunk re-reads both [V, H]
+#: head weights and updates the [V, H] weight gradient (2,048 × 50,257 × 576 JS: 7.6 s at the cache-sized 20
+#: rows, 5.1 s at 64; 1,024 × 128,256 × 2,048: 70 s at 8 rows, 20 s at 128; 2 threads, this CPU)
+FUSED_CPU_MIN_CHUNK_ROWS = 128
 
 #: row_grad_fn(pieces, out_grads) -> values [rows]; writes the per-row gradient of each wanted input into its
 #: slice of the gradient buffer (``out_grads[i]``; None for inputs without a gradient)
@@ -130,13 +134,14 @@ def oracle_requested() -> bool:
     return getattr(_ORACLE, "on", False)
 
 
-def default_chunk_rows(vocab_size: int, device: torch.device | str | None = None) -> int:
+def default_chunk_rows(vocab_size: int, device: torch.device | str | None = None, fused: bool = False) -> int:
     """Rows per chunk so that one ``[rows, vocab_size]`` temporary holds the device's budget: cache-sized on the
-    CPU (:data:`DEFAULT_CHUNK_ELEMENTS`), :data:`GPU_CHUNK_ELEMENTS` (and at least :data:`GPU_MIN_CHUNK_ROWS`
-    rows) on an accelerator."""
+    CPU (:data:`DEFAULT_CHUNK_ELEMENTS`; for the fused lm-head path at least :data:`FUSED_CPU_MIN_CHUNK_ROWS`),
+    :data:`GPU_CHUNK_ELEMENTS` (and at least :data:`GPU_MIN_CHUNK_ROWS` rows) on an accelerator."""
     if device is not None and torch.device(device).type != "cpu":
         return max(GPU_MIN_CHUNK_ROWS, GPU_CHUNK_ELEMENTS // max(1, vocab_size))
-    return max(1, DEFAULT_CHUNK_ELEMENTS // max(1, vocab_size))
+    rows = max(1, DEFAULT_CHUNK_ELEMENTS // max(1, vocab_size))
+    return max(rows, FUSED_CPU_MIN_CHUNK_ROWS) if fused else rows
 
 
 def autograd_row_grads(row_fn: Callable[..., Tensor]) -> RowGradFn:

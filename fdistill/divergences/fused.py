@@ -97,7 +97,7 @@ def _fused_pass(div: Divergence | None, part: str, student: LinearHead, teacher:
     grad_weight = torch.zeros(student.weight.shape, dtype=compute_dtype, device=values.device) if grads and want[1] else None
     grad_bias = torch.zeros(vocab, dtype=compute_dtype, device=values.device) if grads and want[2] else None
     grad_prefix = [torch.empty_like(values) if grads and flag else None for flag in want[3:5]]
-    step = chunk_rows or default_chunk_rows(vocab, student_hidden.device)
+    step = chunk_rows or default_chunk_rows(vocab, student_hidden.device, fused=True)
     zero_part = div is None or div.part_is_zero(part)
     temperature = 1.0 if div is None else div.temperature
     device_type = student_hidden.device.type
@@ -310,7 +310,7 @@ def fused_label_log_probs(head: LinearHead, hidden: Tensor, labels: Tensor, temp
     weight = head.weight.to(matmul_dtype)
     compute_dtype = torch.float64 if torch.float64 in (hidden.dtype, head.weight.dtype) else torch.float32
     out = torch.empty(rows, dtype=compute_dtype, device=hidden.device)
-    step = chunk_rows or default_chunk_rows(vocab, hidden.device)
+    step = chunk_rows or default_chunk_rows(vocab, hidden.device, fused=True)
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
         for start in range(0, rows, step):
             chunk = slice(start, start + step)
@@ -334,7 +334,7 @@ def fused_label_logits(head: LinearHead, hidden: Tensor, labels: Tensor, tempera
     compute_dtype = torch.float64 if torch.float64 in (hidden.dtype, head.weight.dtype) else torch.float32
     chosen = torch.empty(rows, dtype=compute_dtype, device=hidden.device)
     best = torch.empty_like(chosen)
-    step = chunk_rows or default_chunk_rows(vocab, hidden.device)
+    step = chunk_rows or default_chunk_rows(vocab, hidden.device, fused=True)
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
         for start in range(0, rows, step):
             chunk = slice(start, start + step)

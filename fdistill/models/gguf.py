@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fdistill.errors import ConfigError
@@ -75,6 +77,21 @@ def require_gguf_support() -> None:
         raise ConfigError("loading a GGUF checkpoint needs the `gguf` package: pip install -e \".[real]\"")
 
 
+@contextmanager
+def _labelled_progress(label: str) -> Iterator[None]:
+    """transformers' GGUF loader shows a bare tqdm bar of its own (~90 s for SmolLM2 on 2 cores); within the block
+    it is fdistill's bar, labelled, counting tensors."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from tqdm.auto import tqdm
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = lambda iterable, **_: tqdm(iterable, desc=label, unit="tensor", dynamic_ncols=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def convert_gguf(location: str, gguf_file: str, architecture: str, out_dir: Path) -> None:
     """Dequantise ``gguf_file`` with transformers and save model + tokenizer as a safetensors directory."""
     import torch
@@ -86,7 +103,8 @@ def convert_gguf(location: str, gguf_file: str, architecture: str, out_dir: Path
     model_class = auto_model_class(architecture)
     log.info("[gguf] dequantising %s/%s with transformers (once; the result is cached)", location, gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
-    loaded = model_class.from_pretrained(location, gguf_file=gguf_file, dtype=torch.float32)
+    with _labelled_progress(f"gguf: dequantising {gguf_file}"):
+        loaded = model_class.from_pretrained(location, gguf_file=gguf_file, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # save_pretrained refuses GGUF-quantised models while it is set

@@ -15,6 +15,7 @@ it exits; a refused run names the process that holds it).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,8 @@ from fdistill.locks import describe_holder, try_lock
 from fdistill.pipeline.cache import config_hash
 
 LOCK_FILE = ".fdistill.lock"
+#: ``outputs/runs/<run_name>/latest``: the last single run of that name
+LATEST_LINK = "latest"
 STAGES_DIR = "stages"
 SPEC_FILE = "spec.json"
 CONFLICT_POLICIES = ("error", "archive")
@@ -160,6 +163,14 @@ class RunDirectory:
         """Write the completion marker (atomically, last)."""
         write_json_atomic(self._marker(stage), {**info, "spec": spec, "spec_sha256": config_hash(spec, 64),
                                                 "inputs": dict(inputs)})
+
+    def link_latest(self) -> None:
+        """``<parent>/latest`` → this run dir (relative; replaced atomically)."""
+        link = self.path.parent / LATEST_LINK
+        temporary = self.path.parent / f".{LATEST_LINK}.{os.getpid()}"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(self.path.name, target_is_directory=True)
+        os.replace(temporary, link)
 
     def write_job_files(self, config_yaml: str, overrides: list[str]) -> None:
         """Hydra's ``.hydra/config.yaml`` and ``.hydra/overrides.yaml`` of this run (reporting reads the latter),

@@ -47,6 +47,7 @@ from fdistill.progress import POSITION
 from fdistill.sampling import load_teacher_samples, sample_teacher_offline
 from fdistill.training.loop import drop_checkpoints, num_training_steps, parameter_digest, train
 from fdistill.training.objectives import (
+    FUSED_MIN_LOGITS_MIB,
     BatchSources,
     NllObjective,
     Objective,
@@ -62,14 +63,16 @@ log = logging.getLogger(__name__)
 
 
 
-def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike, hydra_overrides: list[str] | None = None) -> dict:
+def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike, hydra_overrides: list[str] | None = None,
+                 link_latest: bool = False) -> dict:
     """Validate `cfg` (fails fast, before any model is loaded), then run the enabled stages in order.
 
     `hydra_overrides` (the command line's overrides) are written to ``<run_dir>/.hydra/overrides.yaml``
-    once the run dir is known to hold this config's results (reporting reads them)."""
+    once the run dir is known to hold this config's results (reporting reads them). `link_latest`: point
+    ``<run_dir>/../latest`` at this run dir (single runs: ``outputs/runs/<run_name>/latest``)."""
     typed = validate_config(cfg)
     checked = preflight(typed)
-    return Pipeline(cfg, typed, checked, Path(run_dir), hydra_overrides).execute()
+    return Pipeline(cfg, typed, checked, Path(run_dir), hydra_overrides, link_latest).execute()
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,9 @@ def _contents(*refs) -> dict[str, str]:
 
 class Pipeline:
     def __init__(self, raw: DictConfig, cfg: FdistillConfig, checked: Preflight, run_dir: Path,
-                 hydra_overrides: list[str] | None = None) -> None:
+                 hydra_overrides: list[str] | None = None, link_latest: bool = False) -> None:
         self.raw, self.cfg, self.checked, self.run_dir = raw, cfg, checked, run_dir
-        self.hydra_overrides = hydra_overrides
+        self.hydra_overrides, self.link_latest = hydra_overrides, link_latest
         self.cache = ArtifactCache(cfg.paths.cache_dir, verify=cfg.pipeline.verify_artifacts,
                                    rebuild=cfg.pipeline.rebuild)
         self.rundir = RunDirectory(run_dir, cfg.pipeline.on_run_dir_conflict)
@@ -145,20 +148,26 @@ class Pipeline:
         return self.parallel.prepare_frozen(model, shard)
 
     def _token_loss(self, stage: str, teacher, student, tokenizer) -> TokenLoss:
-        """The loss computer of a stage: the fused lm-head path where both models' heads are supported, over
-        the tokenizer's vocabulary (rows a checkpoint pads its vocabulary with are ignored)."""
+        """The loss computer of a stage, over the tokenizer's vocabulary (rows a checkpoint pads its vocabulary
+        with are ignored): the fused lm-head path per `pipeline.fused_lm_head` (auto: by each call's size) where
+        both models' heads are supported, else materialised logits."""
         models = [model for model in (teacher, student) if model is not None]
-        fused = self.cfg.pipeline.fused_lm_head and all(supports_fused_head(model) for model in models)
-        if self.cfg.pipeline.fused_lm_head and not fused:
+        mode = {"auto": "auto", "true": True, "false": False}[str(self.cfg.pipeline.fused_lm_head).lower()]
+        if mode and not all(supports_fused_head(model) for model in models):
             self._info("[%s] model type %s has no fused lm-head support: losses on materialised logits", stage,
                        sorted({model.config.model_type for model in models}))
+            mode = False
         rows = {model.get_output_embeddings().weight.shape[0] for model in models}
         vocab_size = len(tokenizer) if max(rows) > len(tokenizer) else None
         if len(rows) > 1 or vocab_size is not None:
             self._info("[%s] heads of %s rows, tokenizer of %d: distilling over the tokenizer's %d entries", stage,
                        sorted(rows), len(tokenizer), len(tokenizer))
-        return TokenLoss(teacher, fused=fused, vocab_size=vocab_size, parallel=self.parallel,
-                         chunk_rows=self.cfg.pipeline.chunk_tokens)
+        threshold = self.cfg.pipeline.fused_min_logits_mib
+        if threshold is None:
+            threshold = FUSED_MIN_LOGITS_MIB["cpu" if self.parallel.device.type == "cpu" else "accelerator"]
+        return TokenLoss(teacher, fused=mode, vocab_size=vocab_size, parallel=self.parallel,
+                         chunk_rows=self.cfg.pipeline.chunk_tokens, fused_min_bytes=int(threshold * 2**20),
+                         stage=stage if self.is_main else "")
 
     def _finish_artifact_build(self, model, tokenizer, work_dir: Path) -> None:
         """Save the trained model and drop the stage's training checkpoints (3x the model's size) from the
@@ -183,9 +192,12 @@ class Pipeline:
             def check_run_dir() -> None:
                 self.rundir.check({stage: (spec, self.run_dir / stage if stage == "distill" else None)
                                    for stage, spec in planned.items()})
+                log.info("run dir: %s", self.run_dir)
                 write_json_atomic(self.run_dir / "config.json", OmegaConf.to_container(self.raw, resolve=True))
                 if self.hydra_overrides is not None:
                     self.rundir.write_job_files(OmegaConf.to_yaml(self.raw, resolve=True), self.hydra_overrides)
+                if self.link_latest:
+                    self.rundir.link_latest()
 
             self._on_main(check_run_dir)
             self._start_wandb()
@@ -443,7 +455,8 @@ class Pipeline:
 
         def decide() -> dict | None:  # the finished evaluation's metrics, or None to evaluate now
             if self.rundir.is_complete("evaluate", spec, inputs) and metrics_path.is_file():
-                log.info("[evaluate] already complete (same config and inputs): %s", metrics_path)
+                log.info("[evaluate] already complete: %s (metrics.json); add pipeline.on_run_dir_conflict=archive or "
+                         "another run_name to run it again", self.run_dir)
                 return json.loads(metrics_path.read_text())
             if distill_spec is not None:
                 self._verify_run_student(Path(student_dir))

@@ -17,6 +17,7 @@ lm-head path where the logits never exist in full).
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,9 +36,18 @@ from fdistill.models import (
     token_logits,
     token_logits_and_hidden_states,
 )
+from fdistill.parallel import unwrap as unwrap_model
 from fdistill.sampling import sample_targets
 from fdistill.training.loop import StepSampler, micro_step_seed
 from fdistill.training.timing import STEP_TIMES, timed
+
+log = logging.getLogger(__name__)
+
+#: fused_lm_head=auto's default threshold (MiB of float32 logits a call would materialise: each model's and the
+#: gradient), by device. On the CPU the measured crossover (results/bench/divergences.md, "auto" section): below
+#: ~2 GiB the materialised path is as fast or faster and holds no more; above, the fused one is faster and leaner.
+#: On an accelerator (not measured here) it fuses early, where memory is scarcest and the chunks are compute-bound
+FUSED_MIN_LOGITS_MIB = {"cpu": 2048.0, "accelerator": 256.0}
 
 IGNORE_INDEX = -100
 REDUCTIONS = ("sequence", "token")  # mean over sequences of per-sequence sums | mean over valid tokens
@@ -189,17 +199,40 @@ def _reduce(values: torch.Tensor, valid: torch.Tensor, reduction: str, parallel=
 
 class TokenLoss:
     """Per-batch losses on the output distributions of a student (and the teacher): on materialised logits,
-    or, with ``fused=True``, from the hidden states the models' own heads see (`fdistill.models.heads`),
-    chunk by chunk (`fdistill.divergences.fused`), with the cross-entropy of the same batch in the same pass.
+    or fused: from the hidden states the models' own heads see (`fdistill.models.heads`), chunk by chunk
+    (`fdistill.divergences.fused`), with the cross-entropy of the same batch in the same pass. Both are exact.
+    ``fused``: True / False force a path; ``"auto"`` decides per call by size: fused when the float32 logits the
+    other path would hold ([batch × positions, V] per model, and the student's gradient) reach
+    ``fused_min_bytes``, else materialised (faster below that on the CPU: results/bench/divergences.md).
     ``vocab_size``: distil over the first ``vocab_size`` logits only (a vocabulary padded beyond the
     tokenizer's, e.g. Qwen2.5's 151,936 vs 152,064 rows)."""
 
-    def __init__(self, teacher, *, fused: bool, vocab_size: int | None = None, parallel=None,
-                 chunk_rows: int | None = None) -> None:
+    def __init__(self, teacher, *, fused: bool | str, vocab_size: int | None = None, parallel=None,
+                 chunk_rows: int | None = None, fused_min_bytes: int = 0, stage: str = "") -> None:
         """`parallel` (`fdistill.parallel.Parallel`): heads of sharded models and the global batch's token counts;
-        None for one process. `chunk_rows`: token rows per chunk of every fused loss (None: by device)."""
-        self.teacher, self.fused, self.vocab_size = teacher, fused, vocab_size
+        None for one process. `chunk_rows`: token rows per chunk of every fused loss (None: by device).
+        `stage` labels the one log line that says which path the calls take."""
+        if fused not in (True, False, "auto"):
+            raise ValueError(f"fused={fused!r}; expected True, False or 'auto'")
+        self.teacher, self.mode, self.vocab_size = teacher, fused, vocab_size
         self.parallel, self.chunk_rows = parallel, chunk_rows
+        self.fused_min_bytes, self.stage = fused_min_bytes, stage
+        self._logged: bool | None = None
+
+    def _fused_for(self, model, batch: dict, models: int) -> bool:
+        """Whether this call takes the fused path; said once per stage, and again if the choice changes."""
+        if self.mode != "auto":
+            return bool(self.mode)
+        vocab = self.vocab_size or unwrap_model(model).get_output_embeddings().weight.shape[0]
+        logit_bytes = batch["labels"].numel() * vocab * 4 * (models + 1)  # each model's logits + the gradient
+        fused = logit_bytes >= self.fused_min_bytes
+        if fused != self._logged:
+            log.info("[%s] lm head: %s (fused_lm_head=auto: %d x %d positions x %s entries in fp32 = %s MiB, %s the "
+                     "%s MiB threshold)", self.stage, "fused, the logits never exist" if fused else "materialised logits",
+                     models + 1, batch["labels"].numel(), f"{vocab:,}", f"{logit_bytes / 2**20:,.0f}",
+                     "at or above" if fused else "below", f"{self.fused_min_bytes / 2**20:,.0f}")
+            self._logged = fused
+        return fused
 
     def _with_heads(self, student, teacher, fn, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor | None):
         """``fn(student_head, teacher_head, student_hidden)`` with both output heads gathered for the call."""
@@ -235,7 +268,7 @@ class TokenLoss:
         """(loss, logs, hidden states) for `part` of `div` on `batch`, reduced per `reduction`
         (:data:`REDUCTIONS`), plus ``ce_weight`` × the token-averaged cross-entropy of the labels."""
         valid = _valid(batch)
-        if self.fused:
+        if self._fused_for(student, batch, models=2):
             return self._fused_divergence(div, part, student, batch, valid, reduction, ce_weight,
                                           output_hidden_states)
         student_logits, states = self._logits_and_states(student, batch, output_hidden_states)
@@ -299,7 +332,7 @@ class TokenLoss:
         """Σ_{b,t} weights[b, t]·(−log q(y_t)) over valid tokens, with gradient: the REINFORCE surrogate
         −Σ A·log q when the weights are the advantages A (fused: without materialising the logits)."""
         valid = _valid(batch)
-        if self.fused:
+        if self._fused_for(model, batch, models=1):
             hidden, _ = self._hidden(model, batch)
             loss, _, _ = self._with_heads(model, None, lambda head, _, states: fused_loss(
                 None, "both", head, states[valid], None, None, None, labels=batch["labels"][valid],
@@ -314,7 +347,7 @@ class TokenLoss:
     def teacher_chosen_and_best(self, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's logit of every label and its largest logit, per position ([B, T] each), over the
         tokenizer's vocabulary: what the teacher-induced reward reads (chunked when fused; no gradient)."""
-        if not self.fused:
+        if not self._fused_for(self.teacher, batch, models=1):
             logits = self._logits(self.teacher, batch).float() / temperature
             return logits.gather(-1, batch["labels"].clamp_min(0).unsqueeze(-1)).squeeze(-1), logits.amax(-1)
         hidden, _ = self._teacher_forward(lambda: self._hidden(self.teacher, batch))
@@ -326,7 +359,7 @@ class TokenLoss:
     def nll(self, model, batch: dict) -> torch.Tensor:
         """Token-averaged negative log-likelihood of the batch labels (MLE)."""
         valid = _valid(batch)
-        if self.fused:
+        if self._fused_for(model, batch, models=1):
             hidden, _ = self._hidden(model, batch)
             labels = batch["labels"][valid]
             loss, _, _ = self._with_heads(model, None, lambda head, _, states: fused_loss(
