@@ -7,7 +7,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,6 +84,7 @@ def guarded(job: str | None = None, run_dir: str | None = None) -> Iterator[None
     :data:`SWEEP` and the sweep goes on with its next job; :func:`sweep_exit_code` reports them at the end."""
     if job is not None:
         SWEEP["started"].append(job)
+    previous = _install_interrupt_handler()
     try:
         yield
     except KeyboardInterrupt:
@@ -99,6 +102,23 @@ def guarded(job: str | None = None, run_dir: str | None = None) -> Iterator[None
         else:
             log.error("fdistill: job %s failed with an unexpected error (a bug; please report it)", job, exc_info=error)
         SWEEP["failed"].append(JobFailure(job, str(run_dir), str(known or f"{type(error).__name__}: {error}")))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    POSITION.interrupted = True
+    raise KeyboardInterrupt
+
+
+def _install_interrupt_handler():
+    """Ctrl-C raises KeyboardInterrupt as usual and also marks the run interrupted (see `RunPosition.interrupted`);
+    returns the previous handler (None where no handler can be installed: not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    POSITION.interrupted = False
+    return signal.signal(signal.SIGINT, _interrupt)
 
 
 def sweep_exit_code() -> int:

@@ -282,6 +282,10 @@ class DistillConfig(TrainStageConfig):
     #: distil on this fraction of the training inputs only (a seeded subset, nested across fractions; the
     #: teacher keeps all of them): GKD Fig. 4's data-efficiency curve
     data_fraction: float = 1.0
+    #: where the teacher's distributions come from: `dense` (the teacher in memory, every step), `offline` (the
+    #: sparse signal cached once, pipeline.teacher_signal; the teacher is not loaded when the cache covers every
+    #: teacher term) or `served` (a teacher server, pipeline.teacher_server)
+    teacher_signal: str = "dense"
 
     def check(self, key: str) -> None:
         super().check(key)
@@ -293,6 +297,8 @@ class DistillConfig(TrainStageConfig):
                  self.fixed_data, "references or teacher_samples")
         _require(self.teacher_sampling in ("offline", "online"), f"{key}.teacher_sampling",
                  self.teacher_sampling, "offline (f-DISTILL Sec. 2.3) or online (re-sampled every step)")
+        _require(self.teacher_signal in ("dense", "offline", "served"), f"{key}.teacher_signal", self.teacher_signal,
+                 "dense (the teacher in memory), offline (a cached sparse signal) or served (a teacher server)")
 
 
 @dataclass
@@ -323,7 +329,7 @@ class EvaluateConfig:
                  "a list of temperatures > 0")
 
 
-ARTIFACT_KINDS = ("gguf", "teacher", "student_init", "predistill", "teacher_samples", "teacher_eval")
+ARTIFACT_KINDS = ("gguf", "teacher", "student_init", "predistill", "teacher_samples", "teacher_eval", "teacher_signal")
 STRATEGIES = ("ddp", "fsdp")
 PARAM_DTYPES = ("float32", "bfloat16")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -371,6 +377,48 @@ class PrecisionConfig:
 
 
 @dataclass
+class TeacherSignalConfig:
+    """The sparse teacher signal (fdistill/sampling/signal.py, fdistill/divergences/sparse.py)."""
+
+    #: topk: the k most probable tokens and the tail's mass; sampled: k tokens drawn from the teacher (RSKD)
+    method: str = "topk"
+    k: int = 128
+    #: top-k: renormalize (over the k), bucket (the tail one outcome: exact for the coarsened distributions) or
+    #: zero (the k terms alone)
+    tail: str = "bucket"
+    #: sampled: the proposal's temperature (the draws are importance-weighted back to the teacher)
+    proposal_temperature: float = 1.0
+    batch_size: int = 32
+    #: the stored log-probabilities' dtype (ids are int32)
+    dtype: str = "float16"
+
+    def check(self, key: str) -> None:
+        _require(self.method in ("topk", "sampled"), f"{key}.method", self.method, "topk or sampled")
+        _require(self.k >= 1, f"{key}.k", self.k, ">= 1 (8-256 is the useful range)")
+        _require(self.tail in ("renormalize", "bucket", "zero"), f"{key}.tail", self.tail,
+                 "renormalize, bucket or zero")
+        _require(self.proposal_temperature > 0, f"{key}.proposal_temperature", self.proposal_temperature, "> 0")
+        _require(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, ">= 1")
+        _require(self.dtype in ("float16", "float32"), f"{key}.dtype", self.dtype, "float16 or float32")
+
+
+@dataclass
+class TeacherServerConfig:
+    """An OpenAI-compatible server with top-k prompt log-probabilities (vLLM, SGLang, fdistill.serve_teacher)."""
+
+    url: str | None = None
+    timeout_seconds: float = 60.0
+    retries: int = 3
+    #: sequences per request
+    batch_size: int = 16
+
+    def check(self, key: str) -> None:
+        _require(self.timeout_seconds > 0, f"{key}.timeout_seconds", self.timeout_seconds, "> 0")
+        _require(self.retries >= 1, f"{key}.retries", self.retries, ">= 1")
+        _require(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass
 class PipelineConfig:
     artifact_seed: int = 0
     #: autocast dtype: no | fp16 | bf16; null: the launcher's (`accelerate launch --mixed_precision`), else no
@@ -403,6 +451,8 @@ class PipelineConfig:
     teacher_sft: TrainStageConfig = field(default_factory=lambda: TrainStageConfig(max_steps=500))
     predistill: PredistillConfig = field(default_factory=lambda: PredistillConfig(max_steps=300))
     teacher_sampling: TeacherSamplingConfig = field(default_factory=TeacherSamplingConfig)
+    teacher_signal: TeacherSignalConfig = field(default_factory=TeacherSignalConfig)
+    teacher_server: TeacherServerConfig = field(default_factory=TeacherServerConfig)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(max_steps=200))
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 

@@ -14,6 +14,9 @@ class RunPosition:
     total: int | None = None
     checkpoint: str | None = None
     checkpoint_step: int | None = None
+    #: set by fdistill's SIGINT handler; the training loop stops at the next step boundary even where the
+    #: KeyboardInterrupt itself was raised inside a finalizer, which Python reports and drops
+    interrupted: bool = False
 
     def enter(self, stage: str) -> None:
         self.stage, self.step, self.total, self.checkpoint, self.checkpoint_step = stage, None, None, None, None

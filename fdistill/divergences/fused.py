@@ -29,8 +29,30 @@ from torch import Tensor
 
 from fdistill.divergences.chunked import NonFiniteInputError, default_chunk_rows, once_checked
 from fdistill.divergences.losses import PARTS, Divergence, logit_gradient, token_distributions
+from fdistill.divergences.sparse import (
+    SparseSignal,
+    bucket_teacher_logits,
+    check_sparse_support,
+    direct_kl_weight,
+    sparse_kl_chunk,
+)
 
 IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class SparseTeacher:
+    """The teacher of a fused pass given as a sparse signal (`fdistill.divergences.sparse`) instead of a head."""
+
+    signal: SparseSignal
+    tail: str
+
+    @property
+    def kind(self) -> str:
+        return self.signal.kind
+
+    def chunk(self, rows: slice) -> list[Tensor]:
+        return [piece[rows] for piece in self.signal.pieces()]
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,11 @@ class LinearHead:
             raise ValueError(f"{name} bias {tuple(self.bias.shape)} must be [V] = [{self.weight.shape[0]}]")
         if self.softcap is not None and not self.softcap > 0:
             raise ValueError(f"{name} softcap={self.softcap!r} must be a positive number or None")
+
+
+def head_logits(head: LinearHead, hidden: Tensor) -> Tensor:
+    """float32 logits of rows of hidden states [rows, H] through `head` (for a few rows at a time)."""
+    return _logits(head, head.weight.to(_matmul_dtype(hidden)), hidden.to(_matmul_dtype(hidden)), torch.float32)
 
 
 def _matmul_dtype(hidden: Tensor) -> torch.dtype:
@@ -89,7 +116,9 @@ def _fused_pass(div: Divergence | None, part: str, student: LinearHead, teacher:
     compute_dtype = torch.float64 if wide else torch.float32
     matmul_dtype = _matmul_dtype(student_hidden)
     s_weight = student.weight.to(matmul_dtype)
-    t_weight = None if div is None else teacher.weight.to(_matmul_dtype(teacher_hidden))
+    sparse = isinstance(teacher, SparseTeacher)
+    t_weight = None if div is None or sparse else teacher.weight.to(_matmul_dtype(teacher_hidden))
+    direct = None if not sparse or div is None else direct_kl_weight(div, part)
     grads = div_weights is not None
     values = torch.empty(rows, dtype=compute_dtype, device=student_hidden.device)
     ce = torch.empty_like(values) if labels is not None else None
@@ -107,8 +136,11 @@ def _fused_pass(div: Divergence | None, part: str, student: LinearHead, teacher:
             hidden = student_hidden[chunk].to(matmul_dtype)
             z = _logits(student, s_weight, hidden, compute_dtype)
             dist = None
-            if div is not None:
-                teacher_z = _logits(teacher, t_weight, teacher_hidden[chunk].to(t_weight.dtype), compute_dtype)
+            if div is not None and direct is None:
+                if sparse:  # a top-k signal, tail=bucket: the teacher's coarsened distribution as a full one
+                    teacher_z = bucket_teacher_logits(z, teacher.chunk(chunk))
+                else:
+                    teacher_z = _logits(teacher, t_weight, teacher_hidden[chunk].to(t_weight.dtype), compute_dtype)
                 try:
                     dist = token_distributions(z, teacher_z, div.temperature, div.teacher_temperature,
                                                div.probabilities_only and labels is None)
@@ -117,6 +149,13 @@ def _fused_pass(div: Divergence | None, part: str, student: LinearHead, teacher:
             chunk_grad = None
             if zero_part:
                 values[chunk] = 0.0
+            elif direct is not None:  # KL against a sparse signal: its own closed form
+                values[chunk], chunk_grad = sparse_kl_chunk(z, teacher.chunk(chunk), teacher.kind, teacher.tail,
+                                                            direct * div.scale)
+                if grads:
+                    chunk_grad.mul_(div_weights[chunk].to(compute_dtype).unsqueeze(-1))
+                else:
+                    chunk_grad = None
             else:
                 result = div.closed_form(dist, part, *(x[chunk].to(compute_dtype) for x in extras))
                 values[chunk] = result.values * div.scale
@@ -297,6 +336,28 @@ def fused_loss(div: Divergence | None, part: str, student: LinearHead, student_h
                                          div_weights.reshape(-1), None if labels is None else labels.reshape(-1),
                                          None if ce_weights is None else ce_weights.reshape(-1), s_flat,
                                          student.weight, student.bias, t_flat)
+    return total, values, (ce if labels is not None else None)
+
+
+def sparse_fused_loss(div: Divergence, part: str, student: LinearHead, student_hidden: Tensor, signal: SparseSignal,
+                      tail: str, div_weights: Tensor, labels: Tensor | None = None, ce_weights: Tensor | None = None,
+                      chunk_rows: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`fused_loss` against a sparse teacher `signal` (rows aligned with `student_hidden` [rows, H]): only the
+    student's logits of each chunk exist, never the teacher's (see `fdistill.divergences.sparse`)."""
+    check_sparse_support(div, part, signal.kind, tail)
+    student.check(student_hidden, "student")
+    if signal.ids.shape[0] != student_hidden.shape[0]:
+        raise ValueError(f"the signal has {signal.ids.shape[0]} rows, the student hidden states {student_hidden.shape[0]}")
+    if (labels is None) != (ce_weights is None):
+        raise ValueError("labels and ce_weights go together")
+    grad_on = torch.is_grad_enabled()
+    want = (grad_on and student_hidden.requires_grad, grad_on and student.weight.requires_grad,
+            grad_on and student.bias is not None and student.bias.requires_grad, False, False)
+    total, values, ce = _FusedLoss.apply(div, part, student, SparseTeacher(signal.to(student_hidden.device), tail),
+                                         chunk_rows or div.chunk_tokens, want, div_weights.reshape(-1),
+                                         None if labels is None else labels.reshape(-1),
+                                         None if ce_weights is None else ce_weights.reshape(-1), student_hidden,
+                                         student.weight, student.bias, None)
     return total, values, (ce if labels is not None else None)
 
 

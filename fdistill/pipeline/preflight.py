@@ -35,11 +35,15 @@ MIN_FREE_BYTES = 256 * 2**20
 
 @dataclass(frozen=True)
 class Preflight:
-    """What the checks derived: the divergence object (None for nll/engine/none) and the sources it needs."""
+    """What the checks derived: the divergence object (None for nll/engine/none), the sources it needs, which
+    of them a cached teacher signal covers (`samples`, `references`) and whether distillation needs the teacher
+    in memory."""
 
     divergence: object | None
     needs: frozenset[str]
     is_encoder_decoder: bool
+    signal_sources: frozenset[str] = frozenset()
+    teacher_in_distill: bool = True
 
 
 def preflight(cfg: FdistillConfig, check_resources: bool = True) -> Preflight:
@@ -85,7 +89,63 @@ def preflight(cfg: FdistillConfig, check_resources: bool = True) -> Preflight:
         check_evaluation_resources(cfg)
         _check_tokenizers(cfg)
         _check_gguf(cfg)
-    return Preflight(divergence=divergence, needs=needs, is_encoder_decoder=cfg.pair.architecture == "encoder_decoder")
+    signal_sources, teacher_in_distill = _teacher_signal_plan(cfg, divergence, needs)
+    return Preflight(divergence=divergence, needs=needs, is_encoder_decoder=cfg.pair.architecture == "encoder_decoder",
+                     signal_sources=signal_sources, teacher_in_distill=teacher_in_distill)
+
+
+def _teacher_signal_plan(cfg: FdistillConfig, divergence, needs: frozenset[str]) -> tuple[frozenset[str], bool]:
+    """(the sources a cached signal must cover, whether distillation loads the teacher), checking that every
+    teacher term the signal serves can use it (`pipeline.distill.teacher_signal`)."""
+    from fdistill.divergences.sparse import check_sparse_support
+    from fdistill.training.rewards import REWARDS
+
+    distill, signal = cfg.pipeline.distill, cfg.pipeline.teacher_signal
+    objective = objective_name(cfg.divergence.name, distill.regime) if cfg.divergence.name != "none" else "none"
+    mode = distill.teacher_signal
+    if not distill.enabled or objective in ("nll", "none"):
+        return frozenset(), False
+    if mode == "dense":
+        return frozenset(), True
+    served = mode == "served"
+    if served:
+        if not cfg.pipeline.teacher_server.url:
+            raise ConfigError("pipeline.distill.teacher_signal=served needs pipeline.teacher_server.url (e.g. "
+                              "http://127.0.0.1:8000: `vllm serve DIR --max-logprobs K` or `python -m "
+                              "fdistill.serve_teacher --model DIR`)")
+        if cfg.pair.architecture != "decoder_only":
+            raise ConfigError("a served teacher answers completions requests: decoder-only pairs only; use "
+                              "pipeline.distill.teacher_signal=offline or dense for encoder-decoder pairs")
+        if signal.method != "topk":
+            raise ConfigError("a teacher server returns top-k log-probabilities: pipeline.teacher_signal.method=topk "
+                              "with teacher_signal=served (sampled signals are cached offline)")
+    fixed = "samples" if distill.fixed_data == "teacher_samples" else "references"
+    uses: list[tuple[str, str]] = []  # (divergence part, sequences)
+    if objective == "fdistill":
+        uses += [("teacher", "samples")] if "teacher" in needs else []
+        uses += [("student", "student")] if "student" in needs else []
+    elif objective == "gkd":
+        uses += [("both", fixed)] if distill.lam < 1 else []
+        uses += [("both", "student")] if distill.lam > 0 else []
+    elif objective == "gkd_rl" and distill.rl.alpha > 0:
+        uses.append(("both", "student"))
+    covered, teacher_needed = set(), False
+    for part, sequences in uses:
+        if sequences == "student" and not served:
+            teacher_needed = True  # nothing cached covers fresh student samples: the teacher is loaded for them
+            continue
+        try:
+            check_sparse_support(divergence, part, signal.method, signal.tail)
+        except ValueError as error:
+            raise ConfigError(f"pipeline.distill.teacher_signal={mode}: {error} (pipeline.teacher_signal)") from None
+        if sequences != "student":
+            covered.add(sequences)
+    if objective == "gkd_rl" and distill.rl.alpha < 1 and REWARDS[distill.rl.reward].needs_teacher_logits:
+        if served:
+            raise ConfigError(f"reward {distill.rl.reward!r} reads the teacher's raw logits of every student token; a "
+                              "served top-k signal cannot give them: use pipeline.distill.teacher_signal=dense")
+        teacher_needed = True
+    return frozenset() if served else frozenset(covered), teacher_needed
 
 
 def _check_student_layers(cfg: FdistillConfig, counts: dict | None = None) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from fdistill.config import FdistillConfig, validate_config
 from fdistill.data import SyntheticTask, load_from_config, training_pairs
@@ -37,14 +38,25 @@ from fdistill.models import (
     supports_fused_head,
 )
 from fdistill.models.gguf import check_sha256, convert_gguf, gguf_location
-from fdistill.parallel import Parallel, unwrap
+from fdistill.parallel import Parallel, is_sharded, unwrap
 from fdistill.pipeline.cache import Artifact, ArtifactCache
 from fdistill.pipeline.evaluate_stage import run_evaluation
 from fdistill.pipeline.preflight import Preflight, check_pair, preflight
 from fdistill.pipeline.rundir import RunDirectory
 from fdistill.pipeline.specs import StageSpecs
 from fdistill.progress import POSITION
-from fdistill.sampling import load_teacher_samples, sample_teacher_offline
+from fdistill.sampling import length_sorted_batches, load_teacher_samples, sample_teacher_offline
+from fdistill.sampling.served import ServedTeacher
+from fdistill.sampling.signal import (
+    CachedSignals,
+    SignalSpec,
+    SignalStore,
+    effective_k,
+    shard_done,
+    signal_record,
+    teacher_signal,
+    write_shard,
+)
 from fdistill.training.loop import drop_checkpoints, num_training_steps, parameter_digest, train
 from fdistill.training.objectives import (
     FUSED_MIN_LOGITS_MIB,
@@ -167,7 +179,7 @@ class Pipeline:
             threshold = FUSED_MIN_LOGITS_MIB["cpu" if self.parallel.device.type == "cpu" else "accelerator"]
         return TokenLoss(teacher, fused=mode, vocab_size=vocab_size, parallel=self.parallel,
                          chunk_rows=self.cfg.pipeline.chunk_tokens, fused_min_bytes=int(threshold * 2**20),
-                         stage=stage if self.is_main else "")
+                         stage=stage if self.is_main else "", signal_tail=self.cfg.pipeline.teacher_signal.tail)
 
     def _finish_artifact_build(self, model, tokenizer, work_dir: Path) -> None:
         """Save the trained model and drop the stage's training checkpoints (3x the model's size) from the
@@ -186,7 +198,7 @@ class Pipeline:
             self.parallel.check_shared_filesystem(Path(cfg.paths.cache_dir))
             set_seed(cfg.pipeline.artifact_seed)
             data = self.load_data()
-            self.specs = StageSpecs(cfg, self.checked.needs, self.train_digest)
+            self.specs = StageSpecs(cfg, self.checked.needs, self.train_digest, self.checked.signal_sources)
             planned = self.specs.run_level(data["eval_digest"])
 
             def check_run_dir() -> None:
@@ -205,8 +217,9 @@ class Pipeline:
             student = self.stage_student_init(teacher, tokenizer)
             student = self.stage_predistill(student, teacher, tokenizer, data)
             samples = self.stage_teacher_sampling(teacher, tokenizer, data)
+            signal = self.stage_teacher_signal(teacher, samples, tokenizer, data)
             set_seed(cfg.seed)
-            final, distill_spec = self.stage_distill(student, teacher, samples, tokenizer, data)
+            final, distill_spec = self.stage_distill(student, teacher, samples, signal, tokenizer, data)
             metrics = self.stage_evaluate(final, student, teacher, distill_spec, tokenizer, data)
             if self.wandb_run is not None:
                 self.wandb_run.finish()
@@ -368,8 +381,8 @@ class Pipeline:
         self._mark_artifact_stage("teacher_sampling", artifact)
         return artifact
 
-    def stage_distill(self, student: ModelRef, teacher: ModelRef, samples: Artifact | None, tokenizer,
-                      data: dict) -> tuple[str, dict | None]:
+    def stage_distill(self, student: ModelRef, teacher: ModelRef, samples: Artifact | None,
+                      signal: Artifact | None, tokenizer, data: dict) -> tuple[str, dict | None]:
         """distill: the configured divergence in the f-DISTILL or GKD regime, resumable in the run dir.
         Returns the distilled student's directory and the stage's spec (None when disabled)."""
         cfg = self.cfg.pipeline.distill
@@ -378,8 +391,10 @@ class Pipeline:
             return student.path, None
         out_dir = self.run_dir / "student"
         work_dir = self.run_dir / "distill"
-        spec = self.specs.distill(student.identity, teacher.identity, None if samples is None else samples.identity)
-        inputs = _contents(student, teacher, samples)
+        spec = self.specs.distill(student.identity, teacher.identity, None if samples is None else samples.identity,
+                                  None if signal is None else signal.identity)
+        inputs = _contents(student, teacher, samples, signal)
+
         def decide() -> bool:
             complete = self.rundir.is_complete("distill", spec, inputs, work_dir)
             if complete:  # the finished student must still be what distill wrote, else it is made again
@@ -399,10 +414,17 @@ class Pipeline:
             return str(out_dir), spec
         self._info("[distill] %s in the %s regime%s, into %s", self.cfg.divergence.label or self.cfg.divergence.name,
                    cfg.regime, f" (lambda={cfg.lam})" if cfg.regime == "gkd" else "", work_dir)
-        teacher_model = self._load(teacher.path, "frozen")
+        signals = self._teacher_signals(signal, tokenizer)
+        teacher_model = None
+        if self.checked.teacher_in_distill:
+            teacher_model = self._load(teacher.path, "frozen")
+        else:
+            self._info("[distill] the teacher is not loaded: %s", "the cached signal covers every teacher term"
+                       if cfg.teacher_signal == "offline" else f"served by {self.cfg.pipeline.teacher_server.url}")
         student_model = self._load(student.path, "trained")
         token_loss = self._token_loss("distill", teacher_model, student_model, tokenizer)
-        token_loss.teacher = teacher_model = self._frozen(teacher_model)
+        if teacher_model is not None:
+            token_loss.teacher = teacher_model = self._frozen(teacher_model)
         training = self._training_set(tokenizer, data)
         teacher_samples = load_teacher_samples(samples.path) if samples is not None else None
         online = cfg.teacher_sampling == "online"
@@ -410,7 +432,7 @@ class Pipeline:
                                 teacher=teacher_model, teacher_samples=teacher_samples,
                                 teacher_decoding=self.cfg.pipeline.teacher_sampling.decoding if online else None,
                                 student_decoding=cfg.student_sampling, fixed_data=cfg.fixed_data,
-                                data_fraction=cfg.data_fraction)
+                                data_fraction=cfg.data_fraction, signals=signals)
         task = SyntheticTask(**dict(self.cfg.dataset.params)) if self.cfg.dataset.name == "synthetic" else None
         objective = build_objective(objective_name(self.cfg.divergence.name, cfg.regime),
                                     divergence=self.checked.divergence, distill=cfg, sources=sources,
@@ -427,6 +449,71 @@ class Pipeline:
                                              "seconds": self.timings.get("distill_seconds"),
                                              "steps": self.stage_summaries.get("distill")})
         return str(out_dir), spec
+
+    def _teacher_signals(self, signal: Artifact | None, tokenizer):
+        """Where distillation's sparse teacher signals come from: the cached artifact, a teacher server (checked
+        now, before any step: reachable, the pair's tokenizer), or nowhere (the dense teacher)."""
+        cfg = self.cfg.pipeline
+        if cfg.distill.teacher_signal == "offline" and signal is not None:
+            k = effective_k(SignalSpec(cfg.teacher_signal.method, cfg.teacher_signal.k), len(tokenizer))
+            return CachedSignals(SignalStore(signal.path, cfg.teacher_signal.method, k))
+        if cfg.distill.teacher_signal == "served":
+            server = cfg.teacher_server
+            client = ServedTeacher(server.url, tokenizer, min(cfg.teacher_signal.k, len(tokenizer)),
+                                   server.timeout_seconds, server.retries, server.batch_size)
+            client.check()
+            self._info("[distill] teacher signal: top-%d of %r served at %s", client.k, client.model, server.url)
+            return client
+        return None
+
+    def stage_teacher_signal(self, teacher: ModelRef, samples: Artifact | None, tokenizer, data: dict
+                             ) -> Artifact | None:
+        """teacher_signal: the teacher's sparse distribution at every target position of the sequences the
+        distillation's teacher terms read (the teacher samples, the references), extracted once and cached
+        (pipeline.distill.teacher_signal=offline), every process computing its share of the batches."""
+        sources = self.checked.signal_sources
+        if not sources:
+            return None
+        cfg = self.cfg.pipeline.teacher_signal
+        spec = self.specs.teacher_signal(teacher.identity, None if samples is None else samples.identity, sources)
+
+        def build(work_dir: Path) -> None:
+            POSITION.enter("teacher_signal")
+            model = self._load(teacher.path, "frozen")
+            vocab_size = len(tokenizer) if model.get_output_embeddings().weight.shape[0] > len(tokenizer) else None
+            model = self._frozen(model)
+            collator = data["collator_factory"](tokenizer)
+            training = self._training_set(tokenizer, data)
+            sequences = []  # (source, row, prompt ids, target ids)
+            if "samples" in sources:
+                rows = load_teacher_samples(samples.path)
+                sequences += [("samples", row, training.example_source_ids[example], target) for row, (example, target)
+                              in enumerate(zip(rows["example_index"], rows["target_ids"], strict=True))]
+            if "references" in sources:
+                sequences += [("references", row, source, target) for row, (source, target) in
+                              enumerate(zip(training.pair_source_ids, training.pair_target_ids, strict=True))]
+            extracted = SignalSpec(cfg.method, cfg.k, cfg.proposal_temperature, self.cfg.pipeline.artifact_seed,
+                                   cfg.dtype)
+            batches = length_sorted_batches([len(item[2]) + len(item[3]) for item in sequences], cfg.batch_size)
+            device = self.parallel.device
+            share = self.parallel.deal(len(batches), collective=is_sharded(model))
+            for index in tqdm(share, desc="teacher signal", disable=not self.accelerator.is_local_main_process):
+                if index is not None and shard_done(work_dir, index):
+                    continue  # resumed: this shard was written before the interruption
+                chosen = [sequences[position] for position in batches[index if index is not None else 0]]
+                batch = {key: value.to(device) for key, value in collator.from_ids(
+                    [item[2] for item in chosen], [item[3] for item in chosen]).items()}
+                keys = [f"{item[0]}:{item[1]}" for item in chosen]
+                signals = teacher_signal(model, batch, extracted, keys, vocab_size, self.parallel)
+                if index is not None:
+                    write_shard(work_dir, index, [signal_record(item[0], item[1], found, cfg.dtype)
+                                                  for item, found in zip(chosen, signals, strict=True)], extracted)
+            self.parallel.barrier()
+
+        artifact = self.cache.get_or_build("teacher_signal", spec, build, self.accelerator,
+                                           inputs=_inputs(teacher) + ([samples] if samples is not None else []))
+        self._mark_artifact_stage("teacher_signal", artifact)
+        return artifact
 
     def _write_process_record(self, student, objective: Objective) -> None:
         """DDP sanity artifact ``<run_dir>/distill/process_<rank>.json``: the student's parameter digest

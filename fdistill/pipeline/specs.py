@@ -8,6 +8,7 @@ dir can be checked before any work, and an artifact is keyed by the *keys* of it
 | student_init | teacher identity, `pair.student` |
 | predistill | student and teacher identities, predistill settings, training data, artifact seed, mixed precision |
 | teacher_samples | teacher identity, sampling settings, training data, artifact seed |
+| teacher_signal | teacher identity, the covered sequences (samples key, training data), what is extracted, artifact seed |
 | distill (run dir) | student, teacher and samples identities, divergence, distill settings, seed, training data, mixed precision |
 | evaluate (run dir) | distill spec hash (or the student's identity), teacher identity, evaluate and dataset settings, evaluation data, seed |
 """
@@ -19,6 +20,7 @@ from dataclasses import asdict
 from fdistill.config import FdistillConfig
 from fdistill.pipeline.cache import checkpoint_fingerprint, config_hash
 from fdistill.sampling import SAMPLER_VERSION
+from fdistill.sampling.signal import SIGNAL_VERSION
 
 
 def artifact_identity(kind: str, spec: dict) -> dict:
@@ -29,8 +31,10 @@ def artifact_identity(kind: str, spec: dict) -> dict:
 class StageSpecs:
     """The specs of one config, given the digest of its training pairs and the sample sources it needs."""
 
-    def __init__(self, cfg: FdistillConfig, needs: frozenset[str], train_digest: str) -> None:
+    def __init__(self, cfg: FdistillConfig, needs: frozenset[str], train_digest: str,
+                 signal_sources: frozenset[str] = frozenset()) -> None:
         self.cfg, self.needs, self.train_digest = cfg, needs, train_digest
+        self.signal_sources = signal_sources
 
     def data(self) -> dict:
         """What the shared artifacts depend on in the data: the training pairs themselves (by content, so
@@ -97,11 +101,24 @@ class StageSpecs:
         return {"teacher": teacher_identity, "sampling": asdict(pipe.teacher_sampling), "data": self.data(),
                 "artifact_seed": pipe.artifact_seed, "sampler": SAMPLER_VERSION}
 
-    def distill(self, student_identity: dict, teacher_identity: dict, samples_identity: dict | None) -> dict:
+    def teacher_signal(self, teacher_identity: dict, samples_identity: dict | None, sources: frozenset[str]) -> dict:
+        """The cached sparse signal: the teacher, the sequences it covers (the samples' key, the training data) and
+        what is extracted; not the tail (the same cache serves every tail)."""
         pipe = self.cfg.pipeline
-        return {"student": student_identity, "teacher": teacher_identity, "teacher_samples": samples_identity,
+        extracted = {key: value for key, value in asdict(pipe.teacher_signal).items() if key != "tail"}
+        return {"teacher": teacher_identity, "samples": samples_identity if "samples" in sources else None,
+                "references": self.data() if "references" in sources else None, "signal": extracted,
+                "artifact_seed": pipe.artifact_seed, "extractor": SIGNAL_VERSION}
+
+    def distill(self, student_identity: dict, teacher_identity: dict, samples_identity: dict | None,
+                signal_identity: dict | None = None) -> dict:
+        pipe = self.cfg.pipeline
+        spec = {"student": student_identity, "teacher": teacher_identity, "teacher_samples": samples_identity,
                 "divergence": asdict(self.cfg.divergence), "distill": asdict(pipe.distill), "seed": self.cfg.seed,
                 "data": self.data(), "mixed_precision": pipe.mixed_precision}
+        if pipe.distill.teacher_signal != "dense":  # the signal's settings (the tail too) determine the result
+            spec["teacher_signal"] = {"artifact": signal_identity, "settings": asdict(pipe.teacher_signal)}
+        return spec
 
     def evaluate(self, distill_spec: dict | None, student_identity: dict, teacher_identity: dict,
                  eval_digest: str) -> dict:
@@ -117,7 +134,10 @@ class StageSpecs:
         if self.cfg.pipeline.predistill.enabled:
             student = artifact_identity("predistill", self.predistill(student, teacher))
         samples = artifact_identity("teacher_samples", self.teacher_samples(teacher)) if self.samples_needed() else None
-        distill = self.distill(student, teacher, samples) if self.cfg.pipeline.distill.enabled else None
+        signal = None
+        if self.signal_sources:
+            signal = artifact_identity("teacher_signal", self.teacher_signal(teacher, samples, self.signal_sources))
+        distill = self.distill(student, teacher, samples, signal) if self.cfg.pipeline.distill.enabled else None
         planned = {}
         if self.cfg.pipeline.evaluate.enabled:  # a disabled stage is not checked: it neither runs nor writes
             planned["evaluate"] = self.evaluate(distill, student, teacher, eval_digest)

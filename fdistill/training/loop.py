@@ -364,6 +364,8 @@ def train(
         window.add_step(time.perf_counter() - step_start)
         done = step + 1
         POSITION.step = done
+        if POSITION.interrupted:  # a Ctrl-C whose KeyboardInterrupt was dropped (raised inside a finalizer)
+            raise KeyboardInterrupt
         steps_since_log += 1
         if done % stage.log_every == 0 or done == total_steps:
             timing = window.close()

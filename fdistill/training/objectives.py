@@ -29,7 +29,14 @@ import torch.nn.functional as F
 
 from fdistill.config import DecodingConfig, DistillConfig
 from fdistill.divergences import Divergence
-from fdistill.divergences.fused import fused_label_log_probs, fused_label_logits, fused_loss, fused_per_token
+from fdistill.divergences.fused import (
+    fused_label_log_probs,
+    fused_label_logits,
+    fused_loss,
+    fused_per_token,
+    sparse_fused_loss,
+)
+from fdistill.divergences.sparse import sparse_per_token
 from fdistill.models import (
     head_inputs_and_hidden_states,
     output_head,
@@ -88,11 +95,13 @@ class BatchSources:
     def __init__(self, *, collator, data: TrainingSet, batch_size: int, seed: int, device, rank: int = 0,
                  world_size: int = 1, teacher=None, teacher_samples: datasets.Dataset | None = None,
                  teacher_decoding: DecodingConfig | None = None, student_decoding: DecodingConfig | None = None,
-                 fixed_data: str = "references", data_fraction: float = 1.0) -> None:
+                 fixed_data: str = "references", data_fraction: float = 1.0, signals=None) -> None:
+        """`signals`: the teacher interface for sparse signals (a cached `fdistill.sampling.signal.CachedSignals`, or a
+        `fdistill.sampling.served.ServedTeacher`): each batch gets its ``teacher_signal`` where it has one."""
         self.collator, self.data, self.teacher_model, self.device = collator, data, teacher, device
         self.teacher_decoding, self.student_decoding = teacher_decoding, student_decoding
         self.fixed_data, self.seed = fixed_data, seed
-        self.teacher_samples = teacher_samples
+        self.teacher_samples, self.signals = teacher_samples, signals
         examples = _fraction_of(len(data.example_source_ids), data_fraction)
         kept = set(examples)
         pairs = [index for index, example in enumerate(data.pair_example_index or range(len(data.pair_target_ids)))
@@ -104,8 +113,14 @@ class BatchSources:
                 [row for row, example in enumerate(teacher_samples["example_index"]) if example in kept]
             self.sample_sampler = _Subset(rows, StepSampler(len(rows), batch_size, seed + 2, rank, world_size))
 
-    def _to_device(self, batch: dict) -> dict:
+    def _to_device(self, batch: dict, source: str = "", rows=()) -> dict:
+        """The batch on the device, with its teacher signal where `signals` has one for (`source`, `rows`)."""
         STEP_TIMES.count_tokens(batch["labels"])  # on the CPU still: no device sync
+        if self.signals is not None:
+            with timed("teacher_forward"):
+                signal = self.signals.signal_for(batch, source, list(rows))
+            if signal is not None:
+                batch["teacher_signal"] = signal
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _generation_seed(self, micro_step: int) -> int:
@@ -116,22 +131,23 @@ class BatchSources:
     def references(self, micro_step: int) -> dict:
         idx = self.reference_sampler(micro_step)
         return self._to_device(self.collator.from_ids([self.data.pair_source_ids[i] for i in idx],
-                                                      [self.data.pair_target_ids[i] for i in idx]))
+                                                      [self.data.pair_target_ids[i] for i in idx]), "references", idx)
 
     def teacher(self, micro_step: int) -> dict:
         """Teacher-sampled sequences: the offline cache, or fresh samples when teacher_sampling=online."""
         if self.teacher_decoding is None:
             if self.teacher_samples is None:
                 raise RuntimeError("offline teacher samples are required but the teacher_sampling stage is disabled")
-            rows = self.teacher_samples.select(self.sample_sampler(micro_step))
+            chosen = self.sample_sampler(micro_step)
+            rows = self.teacher_samples.select(chosen)
             sources = [self.data.example_source_ids[i] for i in rows["example_index"]]
-            return self._to_device(self.collator.from_ids(sources, rows["target_ids"]))
+            return self._to_device(self.collator.from_ids(sources, rows["target_ids"]), "samples", chosen)
         examples = self.example_sampler(micro_step)
         sources = [self.data.example_source_ids[i] for i in examples]
         with timed("generation"):
             targets = sample_targets(self.teacher_model, self.collator, sources, self.teacher_decoding,
                                      seed=self._generation_seed(micro_step), row_keys=examples)
-        return self._to_device(self.collator.from_ids(sources, targets))
+        return self._to_device(self.collator.from_ids(sources, targets), "online", examples)
 
     def student(self, student, micro_step: int) -> dict:
         """On-policy student samples, generated without gradient (GKD Algorithm 1, line 4)."""
@@ -146,7 +162,7 @@ class BatchSources:
                                      seed=self._generation_seed(micro_step), row_keys=examples)
         rows = [index for index in examples for _ in range(num_samples)]
         batch = self.collator.from_ids([self.data.example_source_ids[i] for i in rows], targets)
-        return self._to_device(batch), rows, targets
+        return self._to_device(batch, "student", rows), rows, targets
 
     def fixed(self, micro_step: int) -> dict:
         """GKD's fixed dataset: the references, or teacher samples (SeqKD-style)."""
@@ -208,7 +224,8 @@ class TokenLoss:
     tokenizer's, e.g. Qwen2.5's 151,936 vs 152,064 rows)."""
 
     def __init__(self, teacher, *, fused: bool | str, vocab_size: int | None = None, parallel=None,
-                 chunk_rows: int | None = None, fused_min_bytes: int = 0, stage: str = "") -> None:
+                 chunk_rows: int | None = None, fused_min_bytes: int = 0, stage: str = "",
+                 signal_tail: str = "bucket") -> None:
         """`parallel` (`fdistill.parallel.Parallel`): heads of sharded models and the global batch's token counts;
         None for one process. `chunk_rows`: token rows per chunk of every fused loss (None: by device).
         `stage` labels the one log line that says which path the calls take."""
@@ -216,7 +233,7 @@ class TokenLoss:
             raise ValueError(f"fused={fused!r}; expected True, False or 'auto'")
         self.teacher, self.mode, self.vocab_size = teacher, fused, vocab_size
         self.parallel, self.chunk_rows = parallel, chunk_rows
-        self.fused_min_bytes, self.stage = fused_min_bytes, stage
+        self.fused_min_bytes, self.stage, self.signal_tail = fused_min_bytes, stage, signal_tail
         self._logged: bool | None = None
 
     def _fused_for(self, model, batch: dict, models: int) -> bool:
@@ -268,6 +285,12 @@ class TokenLoss:
         """(loss, logs, hidden states) for `part` of `div` on `batch`, reduced per `reduction`
         (:data:`REDUCTIONS`), plus ``ce_weight`` × the token-averaged cross-entropy of the labels."""
         valid = _valid(batch)
+        if "teacher_signal" in batch:  # a sparse teacher: the cached or served signal of this batch
+            return self._sparse_divergence(div, part, student, batch, valid, reduction, ce_weight,
+                                           output_hidden_states)
+        if self.teacher is None:
+            raise RuntimeError("this batch has no teacher signal and no teacher is in memory (the preflight's plan "
+                               "should have loaded it): please report this")
         if self._fused_for(student, batch, models=2):
             return self._fused_divergence(div, part, student, batch, valid, reduction, ce_weight,
                                           output_hidden_states)
@@ -327,6 +350,34 @@ class TokenLoss:
             if ce is not None:
                 logs["mle"] = float(ce.mean())
         return loss, logs, {"student": states, "teacher": teacher_states}
+
+    def _sparse_divergence(self, div, part, student, batch, valid, reduction, ce_weight, output_hidden_states):
+        """`part` of `div` against the batch's sparse teacher signal (`fdistill.divergences.sparse`): fused, only the
+        student's logits of one chunk at a time exist; else on the student's materialised logits."""
+        signal = batch["teacher_signal"]
+        weights = _row_weights(valid, reduction, self.parallel)
+        token_weights = _row_weights(valid, "token", self.parallel)
+        labels = batch["labels"][valid]
+        logs = {}
+        if self._fused_for(student, batch, models=1):
+            hidden, states = self._hidden(student, batch, output_hidden_states)
+            ce_weights = token_weights * ce_weight if ce_weight else None
+            loss, values, ce = self._with_heads(student, None, lambda head, _, student_hidden: sparse_fused_loss(
+                div, part, head, student_hidden[valid], signal, self.signal_tail, weights,
+                labels if ce_weight else None, ce_weights, self.chunk_rows), hidden, None)
+            logs["divergence"] = float((values.detach() * weights.to(values.dtype)).sum())
+            if ce is not None:
+                logs["mle"] = float(ce.mean())
+            return loss, logs, {"student": states, "teacher": None}
+        logits, states = self._logits_and_states(student, batch, output_hidden_states)
+        values = sparse_per_token(div, part, logits[valid], signal, self.signal_tail)
+        loss = (values * weights.to(values.dtype)).sum()
+        logs["divergence"] = float(loss.detach())
+        if ce_weight:
+            ce = F.cross_entropy(logits[valid].float(), labels, reduction="none")
+            ce = (ce * token_weights).sum()
+            loss, logs["mle"] = loss + ce_weight * ce, float(ce.detach())
+        return loss, logs, {"student": states, "teacher": None}
 
     def weighted_nll(self, model, batch: dict, weights: torch.Tensor) -> torch.Tensor:
         """Σ_{b,t} weights[b, t]·(−log q(y_t)) over valid tokens, with gradient: the REINFORCE surrogate
