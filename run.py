@@ -8,6 +8,7 @@ the end and the exit code is 2 if any job failed."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,22 @@ def main(cfg: DictConfig) -> None:
         run_pipeline(cfg, run_dir, list(hydra_config.overrides.task), link_latest=job is None)
 
 
+def pin_root(argv: list[str]) -> list[str]:
+    """The launch directory as ``paths.root`` unless given: what ``${hydra:runtime.cwd}`` means, but resolvable
+    before a multirun's jobs start (the sweep dir is built from it). Excluded from run-dir names."""
+    from hydra._internal.utils import get_args_parser
+
+    if any(item.lstrip("+~").startswith("paths.root=") for item in argv):
+        return argv
+    # the overrides last and together (argparse takes no positional after an option's value, e.g. --cfg job)
+    overrides = set(get_args_parser().parse_known_args(list(argv))[0].overrides)
+    positional = [item for item in argv if item in overrides and ("=" in item or item.startswith("~"))]
+    options = [item for item in argv if item not in positional]
+    return [*options, *positional, f"paths.root={os.getcwd()}"]
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = pin_root(sys.argv[1:])
     precheck(sys.argv[1:], CONFIG_DIR)
     main()
     raise SystemExit(sweep_exit_code())

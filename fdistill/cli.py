@@ -134,11 +134,20 @@ def sweep_exit_code() -> int:
 
 
 def _composable(overrides: Sequence[str]) -> list[str]:
-    """The overrides without sweeps (`a=1,2`, `range(...)`), which only a multirun expands."""
+    """The overrides of a multirun's first job: each sweep (`a=1,2`, `range(...)`) at its first value (a sweep
+    left out could leave a config no job has, e.g. several teachers without an ensemble method)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    def first(override) -> list[str]:
+        if not override.is_sweep_override():
+            return [override.input_line]
+        try:
+            return [f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"]
+        except Exception:  # noqa: BLE001 - glob(...) needs the config repository: left to the jobs' own checks
+            return []
+
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    return [override.input_line for override in parsed if not override.is_sweep_override()]
+    return [line for override in parsed for line in first(override)]
 
 
 def precheck(argv: Sequence[str], config_dir: Path) -> None:
