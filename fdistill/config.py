@@ -80,6 +80,26 @@ class TeacherConfig:
     gguf_package: str | None = None
     #: the file's expected sha256 (checked before use)
     gguf_sha256: str | None = None
+    #: a teacher of `pair.teachers`: its name in tables, the seed of its fine-tuning (data order; a tiny build's
+    #: initialisation too) and the training data it sees: `data_subset` {shard: i, of: n} (disjoint shards of the
+    #: training pairs) or {modes: [...]} (the synthetic task's pairs whose verbalisation is one of these modes), or
+    #: `data_fraction` (a seeded fraction). Null: inherited from pair.teacher
+    label: str | None = None
+    seed: int | None = None
+    data_subset: dict[str, Any] | None = None
+    data_fraction: float | None = None
+
+    def check(self, key: str) -> None:
+        if self.data_fraction is not None:
+            _require(0 < self.data_fraction <= 1, f"{key}.data_fraction", self.data_fraction, "in (0, 1]")
+        if self.data_subset is not None:
+            subset = dict(self.data_subset)
+            shard_ok = set(subset) == {"shard", "of"} and isinstance(subset["of"], int) and 0 <= subset["shard"] < \
+                subset["of"]
+            modes_ok = set(subset) == {"modes"} and isinstance(subset["modes"], list) and len(subset["modes"]) > 0
+            _require(shard_ok or modes_ok, f"{key}.data_subset", subset,
+                     "{shard: i, of: n} with 0 <= i < n, or {modes: [k, ...]} (synthetic task)")
+        _require(self.seed is None or 0 <= self.seed < 2**31, f"{key}.seed", self.seed, "null or in [0, 2**31)")
 
 
 @dataclass
@@ -110,6 +130,9 @@ class PairConfig:
     #: decoder-only prompts: `plain` (source + separator) or `chat` (the tokenizer's chat template)
     prompt_format: str = "plain"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    #: several teachers (multi-teacher distillation, `ensemble`): each entry's fields override pair.teacher's;
+    #: null: the one pair.teacher
+    teachers: list[TeacherConfig] | None = None
     student: StudentConfig = field(default_factory=StudentConfig)
 
     def check(self, key: str) -> None:
@@ -122,8 +145,21 @@ class PairConfig:
         _require(teacher.gguf_file is not None or (teacher.gguf_package is None and teacher.gguf_sha256 is None),
                  f"{key}.teacher.gguf_file", None, "a file name when gguf_package or gguf_sha256 is set")
         _require(self.prompt_format in ("plain", "chat"), f"{key}.prompt_format", self.prompt_format, "plain or chat")
+        if self.teachers is not None:
+            _require(len(self.teachers) > 0, f"{key}.teachers", [], "null (one teacher) or a non-empty list")
+            for index, teacher in enumerate(self.teachers):
+                teacher.check(f"{key}.teachers[{index}]")
         _require(self.prompt_format == "plain" or self.architecture == "decoder_only", f"{key}.prompt_format",
                  self.prompt_format, "plain for encoder-decoder pairs (chat templates are for decoder-only models)")
+
+    def all_teachers(self) -> list[TeacherConfig]:
+        """pair.teacher, or each entry of pair.teachers with its unset fields taken from pair.teacher."""
+        if self.teachers is None:
+            return [self.teacher]
+        defaults = TeacherConfig()
+        return [TeacherConfig(**{item.name: getattr(entry, item.name) if getattr(entry, item.name) !=
+                                 getattr(defaults, item.name) else getattr(self.teacher, item.name)
+                                 for item in fields(TeacherConfig)}) for entry in self.teachers]
 
 
 @dataclass
@@ -315,10 +351,15 @@ class EvaluateConfig:
     bertscore_encoder: str | None = None
     moverscore_encoder: str | None = None
     bleurt_checkpoint: str | None = None
+    #: the model evaluated: the (distilled or pre-distilled) `student`, or the fine-tuned `teacher` itself (the
+    #: reference row of a table, on the same inputs and metrics; with several teachers, their ensemble or, with
+    #: ensemble.teacher_index, one of them)
+    model: str = "student"
 
     def check(self, key: str) -> None:
         _require(self.split in ("train", "validation", "test"), f"{key}.split", self.split,
                  "train, validation or test")
+        _require(self.model in ("student", "teacher"), f"{key}.model", self.model, "student or teacher")
         known = {"risks", "teacher_dist", "exposure_bias"}
         unknown = sorted(set(self.analyses) - known)
         _require(not unknown, f"{key}.analyses", unknown, f"a subset of {sorted(known)}")
@@ -488,6 +529,38 @@ class LoggerConfig:
                  "offline, online or disabled")
 
 
+ENSEMBLE_METHODS = ("none", "average", "vote", "union", "mbr", "ebbs")
+
+
+@dataclass
+class EnsembleConfig:
+    """How several teachers (pair.teachers) act as one (fdistill/models/ensemble.py): their distribution is always
+    the weighted average; `method` decides their outputs (samples, evaluation decoding)."""
+
+    method: str = "none"
+    #: per teacher (normalised to sum 1); null: uniform
+    weights: list[float] | None = None
+    #: ebbs: Z, the width of the shared beam and of each teacher's lower beam
+    beam_size: int = 4
+    #: mbr: temperature-1 samples of each teacher among which the minimum-Bayes-risk output is chosen
+    candidates: int = 4
+    #: mbr: the utility, a text metric of fdistill.evaluation
+    metric: str = "bleu"
+    #: method none with several teachers: use teacher number `teacher_index` (0-based) alone, as the one teacher
+    #: (self-distillation from it, its own row in a table); its artifacts are the ones the ensembles use
+    teacher_index: int | None = None
+
+    def check(self, key: str) -> None:
+        _require(self.method in ENSEMBLE_METHODS, f"{key}.method", self.method, f"one of {ENSEMBLE_METHODS}")
+        _require(self.beam_size >= 1, f"{key}.beam_size", self.beam_size, ">= 1 (Z, the beam width)")
+        _require(self.candidates >= 1, f"{key}.candidates", self.candidates, ">= 1")
+        _require(self.teacher_index is None or (self.method == "none" and self.teacher_index >= 0),
+                 f"{key}.teacher_index", self.teacher_index, "null, or a 0-based index with method none (one teacher "
+                 "of pair.teachers alone)")
+        _require(self.weights is None or (all(w >= 0 for w in self.weights) and sum(self.weights) > 0),
+                 f"{key}.weights", self.weights, "null or non-negative numbers, not all zero")
+
+
 @dataclass
 class FdistillConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -495,6 +568,7 @@ class FdistillConfig:
     pair: PairConfig = field(default_factory=PairConfig)
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     run_name: str = "default"

@@ -26,7 +26,11 @@ from fdistill.reporting.paper_names import DATASETS, METHODS, METRICS, PAIRS
 
 COLUMNS = ["paper", "table", "dataset", "pair", "method", "metric", "value", "std", "mark", "source"]
 FDISTILL, GKD, AKL = "fdistill_wen2023.md", "gkd_agarwal2024.md", "akl_wu2024.md"
-PAPER_NAMES = {FDISTILL: "f-DISTILL", GKD: "GKD", AKL: "AKL"}
+TUTORIAL = "kd_tutorial_wen2026.md"
+PAPER_NAMES = {FDISTILL: "f-DISTILL", GKD: "GKD", AKL: "AKL", TUTORIAL: "KD tutorial"}
+# the tutorial's multi-teacher tables have section titles, no numbers: (title in the file, CSV name)
+TUTORIAL_TABLES = {"Zero-shot translation ensembles": "kd_tutorial_ensembles",
+                   "Distillation from the ensemble": "kd_tutorial_ensemble_distillation"}
 
 
 @dataclass
@@ -85,9 +89,9 @@ class Transcriber:
         self.papers = papers
         self.tables: dict[str, list[dict]] = {}
 
-    def add(self, file: str, table: str, **row) -> None:
+    def add(self, file: str, table: str, csv_name: str | None = None, **row) -> None:
         slug = table.lower().replace("table ", "table").replace(".", "").replace(" ", "_")
-        name = f"{file.split('_')[0]}_{slug}"
+        name = csv_name or f"{file.split('_')[0]}_{slug}"
         self.tables.setdefault(name, []).append({
             "paper": PAPER_NAMES[file], "table": table, "std": "", "mark": "", **row,
             "source": f"shared/papers/{file}, {table}"})
@@ -185,6 +189,24 @@ class Transcriber:
                     raise ValueError(f"{GKD}: the quoted line {quote!r} of {metric}={value} is not in the file")
                 self.add(GKD, table, dataset=dataset, pair=pair, method=method, metric=metric, value=value)
 
+    def tutorial(self) -> None:
+        """The KD tutorial's multi-teacher tables (BLEU only: its BLEU1-4 columns are n-gram precisions)."""
+        methods = METHODS[PAPER_NAMES[TUTORIAL]]
+        for table in markdown_tables((self.papers / TUTORIAL).read_text(encoding="utf-8")):
+            title = next((title for title in TUTORIAL_TABLES if any(title in line for line in table.preface)), None)
+            if title is None:
+                continue
+            for cells in table.rows:
+                row = dict(zip(table.header, cells, strict=True))
+                if title == "Zero-shot translation ensembles":  # average BLEU over the zero-shot directions
+                    values = [(f"{data.lower()}_zero_shot", row[f"{data} avg"]) for data in ("IWSLT", "Europarl")]
+                else:  # Italian -> Dutch
+                    values = [(f"{row['data'].lower()}_it_nl", row["BLEU"])]
+                for dataset, cell in values:
+                    value, std, mark = cell_value(cell)
+                    self.add(TUTORIAL, title, csv_name=TUTORIAL_TABLES[title], dataset=dataset, pair="zero_shot_nmt",
+                             method=methods[row["method"]], metric="bleu", value=value, std=std, mark=mark)
+
     def write(self, out: Path) -> list[Path]:
         written = []
         for name, rows in sorted(self.tables.items()):
@@ -274,6 +296,7 @@ def main() -> None:
     transcriber.fdistill()
     transcriber.akl()
     transcriber.gkd()
+    transcriber.tutorial()
     for path in transcriber.write(args.out):
         print(path)
 

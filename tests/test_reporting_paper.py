@@ -24,7 +24,8 @@ SHARED_PAPERS = REPO.parent / "shared" / "papers"
 def test_every_paper_table_has_its_csv():
     names = {path.stem for path in PAPER_CSVS}
     expected = {*(f"fdistill_table{n}" for n in (2, 3, 4, 5, 6)), *(f"akl_table{n}" for n in (1, 2, 4, 5, 6, 7, 8)),
-                "gkd_stated_results", *(f"gkd_tablea{n}" for n in (1, 2, 3, 4))}
+                "gkd_stated_results", *(f"gkd_tablea{n}" for n in (1, 2, 3, 4)), "kd_tutorial_ensembles",
+                "kd_tutorial_ensemble_distillation"}
     assert names == expected
 
 
@@ -32,7 +33,8 @@ def test_every_paper_table_has_its_csv():
 def test_paper_csv_values_have_a_source_and_fdistill_names(path):
     frame = load_paper_csv(path)
     assert not frame.empty and frame["value"].notna().all()
-    assert frame["source"].str.match(r"shared/papers/\w+\.md, (Table [\w.]+|Stated results)$").all()
+    assert frame["source"].str.match(r"shared/papers/\w+\.md, (Table [\w.]+|Stated results|"
+                                     r"Zero-shot translation ensembles|Distillation from the ensemble)$").all()
     assert set(frame["mark"]) <= {"", "best", "second"}
     ours = set(available_metrics()) | {"risk/likelihood_risk_per_token", "risk/coverage_risk_per_token",
                                        "teacher_dist"}

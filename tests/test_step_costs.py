@@ -124,5 +124,5 @@ def test_a_run_says_where_it_is_links_latest_and_an_identical_rerun_says_it_is_c
     assert latest.is_symlink() and latest.resolve() == run_dir.resolve()
     again = _cli(tmp_path)
     assert again.returncode == 0
-    assert f"already complete: {run_dir} (metrics.json); add pipeline.on_run_dir_conflict=archive" in again.stdout
+    assert f"already complete: {run_dir} (metrics.json); to evaluate again" in again.stdout
     assert "distill: " not in again.stdout  # nothing trained again

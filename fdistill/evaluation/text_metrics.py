@@ -10,6 +10,7 @@
 | bleurt | bleurt-pytorch (PyTorch port of the official checkpoints) if importable and a checkpoint dir is configured; else "unavailable: <reason>" | f-DISTILL T2 |
 | self_bleu | sacrebleu BLEU of each prediction against all others (Zhu et al. 2018) | GKD Fig. 5 |
 | distinct_n | distinct-1/2 over whitespace tokens (Li et al. 2016) | diversity |
+| degeneracy | share of outputs with a repeated 4-gram, mean length in words, length / the references' | degenerate outputs |
 | synthetic_exact | :func:`fdistill.evaluation.analyses.synthetic_exact_metrics` | synthetic task |
 
 Scales are each library's own: sacrebleu metrics (bleu*, ter, chrf, self_bleu) in 0–100, MoverScore
@@ -320,6 +321,25 @@ def distinct(inputs: MetricInputs) -> tuple[MetricValues, MetricMetadata]:
     return {f"distinct_{n}": distinct_n(inputs.predictions, n) for n in (1, 2)}, {}
 
 
+def has_repeated_ngram(text: str, n: int = 4) -> bool:
+    """Whether some whitespace n-gram occurs twice in `text` (a degenerate, looping output)."""
+    tokens = text.split()
+    ngrams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(ngrams)) < len(ngrams)
+
+
+@register_metric("degeneracy")
+def degeneracy(inputs: MetricInputs) -> tuple[MetricValues, MetricMetadata]:
+    """Degenerate outputs: the share with a repeated 4-gram, the mean length in words, and that length over the
+    references' mean length (first reference of each input)."""
+    lengths = [len(text.split()) for text in inputs.predictions]
+    references = [len(refs[0].split()) if refs else 0 for refs in inputs.references]
+    mean_length = sum(lengths) / max(1, len(lengths))
+    reference_length = sum(references) / max(1, len(references))
+    return {"repeated_4gram_share": sum(has_repeated_ngram(text) for text in inputs.predictions) / max(1, len(lengths)),
+            "mean_length": mean_length, "length_ratio": mean_length / reference_length if reference_length else 0.0}, {}
+
+
 @register_metric("synthetic_exact")
 def synthetic_exact(inputs: MetricInputs) -> tuple[MetricValues, MetricMetadata]:
     """Exact validity / mode-coverage metrics of the synthetic task (needs the task object and sources)."""
@@ -333,7 +353,8 @@ def synthetic_exact(inputs: MetricInputs) -> tuple[MetricValues, MetricMetadata]
 
 # Value scale per flat key; keys not listed are in 0-1.
 SCALES = {**{key: "0-100" for key in ("bleu", "bleu1", "bleu2", "ter", "chrf", "self_bleu")},
-          "moverscore": "1-EMD, at most 1", "bleurt": "checkpoint-specific", "modes_covered": "count", "mode_entropy": "nats", "mode_entropy_true": "nats"}
+          "moverscore": "1-EMD, at most 1", "bleurt": "checkpoint-specific", "modes_covered": "count", "mode_entropy": "nats", "mode_entropy_true": "nats",
+          "mean_length": "words", "length_ratio": "ratio (1 = the references' length)"}
 
 
 def _without_empty_references(references: list[list[str]]) -> list[list[str]]:

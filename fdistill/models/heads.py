@@ -36,6 +36,8 @@ def supports_fused_head(model: nn.Module) -> bool:
     so a logit scale, a bias elsewhere or a custom head is caught). Decided by checking the head, not by name;
     remembered on the model."""
     inner = _unwrap(model)
+    if hasattr(inner, "teachers"):  # an ensemble's distribution is a mixture, not one linear head
+        return False
     if inner.config.model_type in FUSED_HEAD_MODEL_TYPES:
         return True
     if not hasattr(inner, "_fdistill_fused_head"):

@@ -41,7 +41,8 @@ def load_teacher(name_or_path: str | os.PathLike, architecture: str, dtype: torc
     return model.eval()
 
 
-def prepare_tiny_pair(pair_cfg: Mapping[str, Any] | DictConfig, texts: Iterable[str], cache_dir: str | os.PathLike) -> Path:
+def prepare_tiny_pair(pair_cfg: Mapping[str, Any] | DictConfig, texts: Iterable[str], cache_dir: str | os.PathLike,
+                      init_seed: int = TINY_INIT_SEED) -> Path:
     """Build the word tokenizer over `texts` and a randomly initialised teacher from `pair.teacher.build`,
     save both (safetensors) into one directory under `cache_dir` and return it; load them with
     `load_tokenizer(path)` / `load_teacher(path, pair.architecture)`.
@@ -55,7 +56,7 @@ def prepare_tiny_pair(pair_cfg: Mapping[str, Any] | DictConfig, texts: Iterable[
         raise ValueError(f"pair {pair['name']!r} has no teacher.build spec; prepare_tiny_pair builds only tiny pairs")
     words = sorted({word for text in texts for word in text.split()})
     digest = hashlib.sha256(
-        json.dumps({"build": build, "words": words, "seed": TINY_INIT_SEED}, sort_keys=True).encode()
+        json.dumps({"build": build, "words": words, "seed": init_seed}, sort_keys=True).encode()
     ).hexdigest()[:16]
     target = Path(cache_dir) / f"{pair['name']}-{digest}"
     if (target / "config.json").is_file():
@@ -69,7 +70,7 @@ def prepare_tiny_pair(pair_cfg: Mapping[str, Any] | DictConfig, texts: Iterable[
                 f"{architecture_of(config)} but architecture={pair['architecture']}"
             )
         with torch.random.fork_rng():
-            torch.manual_seed(TINY_INIT_SEED)
+            torch.manual_seed(init_seed)
             teacher = auto_model_class(pair["architecture"]).from_config(config)
         teacher.save_pretrained(staging)
         if not (staging / "config.json").is_file() or not any(staging.glob("*.safetensors")):

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from fdistill.errors import ConfigError
 from fdistill.models.storage import staged_directory
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -57,14 +58,29 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+STUDENT_ADVICE = ("Token-level distillation needs one shared vocabulary: pick a student from the teacher's model "
+                  "family (or set pair.tokenizer to the teacher's tokenizer and use student.init=layer_copy/from_config).")
+
+
+def first_vocab_difference(vocab_a: dict[str, int], vocab_b: dict[str, int]) -> tuple[int, str | None, str | None]:
+    """The lowest id the two vocabularies map differently, with each one's token there (None: no token)."""
+    by_id_a = {index: token for token, index in vocab_a.items()}
+    by_id_b = {index: token for token, index in vocab_b.items()}
+    index = min(index for index in set(by_id_a) | set(by_id_b) if by_id_a.get(index) != by_id_b.get(index))
+    return index, by_id_a.get(index), by_id_b.get(index)
+
+
 def check_same_vocab(
-    tokenizer_a: PreTrainedTokenizerBase, tokenizer_b: PreTrainedTokenizerBase, name_a: str, name_b: str
+    tokenizer_a: PreTrainedTokenizerBase, tokenizer_b: PreTrainedTokenizerBase, name_a: str, name_b: str,
+    advice: str = STUDENT_ADVICE,
 ) -> None:
-    """Raise ValueError naming both models unless their tokenizers map every token (and the pad/bos/eos
-    special tokens) to the same ids."""
+    """Raise ConfigError naming both models and the first differing token unless their tokenizers map every token
+    (and the pad/bos/eos special tokens) to the same ids."""
     vocab_a, vocab_b = tokenizer_a.get_vocab(), tokenizer_b.get_vocab()
     problems = []
     if vocab_a != vocab_b:
+        index, token_a, token_b = first_vocab_difference(vocab_a, vocab_b)
+        problems.append(f"first difference at id {index}: {token_a!r} in {name_a!r}, {token_b!r} in {name_b!r}")
         only_a = sorted(set(vocab_a) - set(vocab_b))
         only_b = sorted(set(vocab_b) - set(vocab_a))
         moved = sorted(token for token in set(vocab_a) & set(vocab_b) if vocab_a[token] != vocab_b[token])
@@ -77,8 +93,5 @@ def check_same_vocab(
         if id_a != id_b:
             problems.append(f"{role} {id_a} vs {id_b}")
     if problems:
-        raise ValueError(
-            f"tokenizers of {name_a!r} and {name_b!r} differ: {'; '.join(problems)}. Token-level distillation "
-            "needs one shared vocabulary: pick a student from the teacher's model family (or set "
-            "pair.tokenizer to the teacher's tokenizer and use student.init=layer_copy/from_config)."
-        )
+        raise ConfigError(
+            f"tokenizers of {name_a!r} and {name_b!r} differ: {'; '.join(problems)}. {advice}")

@@ -62,9 +62,12 @@ def run_evaluation(pipe, student_dir: str, teacher_ref, tokenizer, data: dict) -
     cfg, eval_cfg, parallel = pipe.cfg, pipe.cfg.pipeline.evaluate, pipe.parallel
     device = parallel.device
     start = time.perf_counter()
-    student = parallel.prepare_frozen(parallel.load(student_dir, cfg.pair.architecture, "evaluated"),
-                                      shard=parallel.shard_training)
-    teacher = parallel.prepare_frozen(parallel.load(teacher_ref.path, cfg.pair.architecture, "frozen"))
+    teacher = parallel.prepare_frozen(pipe._teacher_model(teacher_ref))
+    if eval_cfg.model == "teacher":  # the teacher itself (several: their ensemble, or the one at teacher_index)
+        student = teacher
+    else:
+        student = parallel.prepare_frozen(parallel.load(student_dir, cfg.pair.architecture, "evaluated"),
+                                          shard=parallel.shard_training)
     collator = data["collator_factory"](tokenizer)
     examples = data["eval_examples"]
     source_ids = collator.encode_sources([ex.source for ex in examples])

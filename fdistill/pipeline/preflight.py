@@ -89,9 +89,59 @@ def preflight(cfg: FdistillConfig, check_resources: bool = True) -> Preflight:
         check_evaluation_resources(cfg)
         _check_tokenizers(cfg)
         _check_gguf(cfg)
+    _check_ensemble(cfg)
+    if cfg.pipeline.evaluate.model == "teacher" and (cfg.pipeline.distill.enabled or cfg.pipeline.predistill.enabled):
+        raise ConfigError("pipeline.evaluate.model=teacher evaluates the teacher, so the student this run would "
+                          "pre-distil or distil is never evaluated: set pipeline.predistill.enabled=false and "
+                          "pipeline.distill.enabled=false (divergence=teacher does both)")
     signal_sources, teacher_in_distill = _teacher_signal_plan(cfg, divergence, needs)
     return Preflight(divergence=divergence, needs=needs, is_encoder_decoder=cfg.pair.architecture == "encoder_decoder",
                      signal_sources=signal_sources, teacher_in_distill=teacher_in_distill)
+
+
+def _check_ensemble(cfg: FdistillConfig) -> None:
+    """Several teachers: how they act as one, and what each ensemble method can feed (before anything loads)."""
+    from fdistill.models.ensemble import normalised_weights
+
+    teachers, method = cfg.pair.all_teachers(), cfg.ensemble.method
+    distill, evaluate = cfg.pipeline.distill, cfg.pipeline.evaluate
+    index = cfg.ensemble.teacher_index
+    if index is not None and index >= len(teachers):
+        raise ConfigError(f"ensemble.teacher_index={index}: the pair has {len(teachers)} teacher(s), numbered from 0")
+    if len(teachers) > 1 and method == "none" and index is None:
+        raise ConfigError(f"pair.teachers lists {len(teachers)} teachers: say how they act as one with "
+                          "ensemble=average|vote|union|mbr|ebbs (conf/ensemble/), or use one of them alone with "
+                          "ensemble.teacher_index=i")
+    if method == "none":
+        return
+    if method == "mbr" and cfg.ensemble.metric not in available_metrics():
+        raise ConfigError(f"ensemble.metric={cfg.ensemble.metric!r} (MBR's utility) is not a metric; pick one of "
+                          f"{sorted(available_metrics())}")
+    try:
+        normalised_weights(cfg.ensemble.weights, len(teachers))
+    except ValueError as error:
+        raise ConfigError(f"config error: ensemble.weights: {error}") from None
+    objective = objective_name(cfg.divergence.name, distill.regime) if cfg.divergence.name != "none" else "none"
+    if distill.enabled and objective not in ("nll", "none") and method != "average":
+        raise ConfigError(f"ensemble={method} defines the ensemble's outputs, not a token distribution: a token-level "
+                          f"divergence ({cfg.divergence.label or cfg.divergence.name}) cannot distil from it. Use "
+                          f"divergence=seqkd (MLE on its outputs: sequence-level KD) or ensemble=average (AvgKD)")
+    if objective == "nll" and distill.fixed_data == "teacher_samples" and method == "average" and \
+            cfg.pipeline.teacher_sampling.decoding.strategy == "sample":
+        log.info("ensemble=average with SeqKD: the targets are samples of the teachers' mixture")
+    if evaluate.enabled and evaluate.model == "teacher" and method == "union":
+        raise ConfigError("ensemble=union is a set of training targets, not a decoder: evaluate one of its teachers "
+                          "(ensemble=none ensemble.teacher_index=i) or another ensemble method")
+    if cfg.pipeline.distributed.shard_teacher:
+        raise ConfigError("several teachers (an ensemble) cannot be sharded yet: set "
+                          "pipeline.distributed.shard_teacher=false")
+    if distill.enabled and distill.teacher_signal != "dense":
+        raise ConfigError("an ensemble of teachers distils from their mixture in memory: "
+                          "pipeline.distill.teacher_signal=dense")
+    subsets = [teacher.data_subset for teacher in teachers if teacher.data_subset]
+    if any("modes" in subset for subset in subsets) and cfg.dataset.name != "synthetic":
+        raise ConfigError("pair.teachers[i].data_subset={modes: [...]} selects the synthetic task's modes; use "
+                          "{shard: i, of: n} on this dataset")
 
 
 def _teacher_signal_plan(cfg: FdistillConfig, divergence, needs: frozenset[str]) -> tuple[frozenset[str], bool]:
@@ -314,13 +364,25 @@ def _check_positions(cfg: FdistillConfig, limit: int | None, model: str) -> None
 
 # ------------------------------------------------------------------------------------- tokenizers
 def _check_tokenizers(cfg: FdistillConfig) -> None:
-    """A student loaded from its own checkpoint must share the teacher's vocabulary (checked up front)."""
+    """Several teachers, and a student loaded from its own checkpoint, must share the teacher's vocabulary (checked
+    up front, tokenizers only; GGUF and tiny teachers are compared once built)."""
+    checkpoints = [teacher.name_or_path for teacher in cfg.pair.all_teachers()
+                   if teacher.build is None and teacher.gguf_file is None]
+    if cfg.pair.tokenizer is None and len(set(checkpoints)) > 1:
+        first = load_tokenizer(checkpoints[0])
+        for other in sorted(set(checkpoints[1:]) - {checkpoints[0]}):
+            check_same_vocab(first, load_tokenizer(other), f"teacher {checkpoints[0]}", f"teacher {other}",
+                             advice=TEACHERS_ADVICE)
     student = cfg.pair.student
     if student.init != "from_pretrained" or cfg.pair.teacher.build is not None:
         return  # a tiny teacher's tokenizer is built from the data: check_pair compares it
     teacher_source = cfg.pair.tokenizer or cfg.pair.teacher.name_or_path
     check_same_vocab(load_tokenizer(teacher_source), load_tokenizer(student.name_or_path),
                      f"teacher {teacher_source}", f"student {student.name_or_path}")
+
+
+TEACHERS_ADVICE = ("Several teachers act as one over one shared vocabulary (cross-tokenizer ensembles are not "
+                   "supported): list teachers of one model family in pair.teachers.")
 
 
 def _has_tokenizer(path: str) -> bool:

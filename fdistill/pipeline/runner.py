@@ -31,17 +31,19 @@ from fdistill.files import manifest_problem, read_manifest, write_json_atomic, w
 from fdistill.logs import quiet_libraries
 from fdistill.models import (
     SeqCollator,
+    check_same_vocab,
     load_teacher,
     load_tokenizer,
     prepare_tiny_pair,
     student_from_pair_config,
     supports_fused_head,
 )
+from fdistill.models.ensemble import Ensemble, EnsembleSpec
 from fdistill.models.gguf import check_sha256, convert_gguf, gguf_location
 from fdistill.parallel import Parallel, is_sharded, unwrap
 from fdistill.pipeline.cache import Artifact, ArtifactCache
 from fdistill.pipeline.evaluate_stage import run_evaluation
-from fdistill.pipeline.preflight import Preflight, check_pair, preflight
+from fdistill.pipeline.preflight import TEACHERS_ADVICE, Preflight, check_pair, preflight
 from fdistill.pipeline.rundir import RunDirectory
 from fdistill.pipeline.specs import StageSpecs
 from fdistill.progress import POSITION
@@ -68,6 +70,7 @@ from fdistill.training.objectives import (
     build_objective,
     encode_pairs,
     objective_name,
+    teacher_training_set,
 )
 from fdistill.training.predistill import PredistillObjective
 
@@ -94,11 +97,18 @@ class ModelRef:
     path: str
     identity: dict
     artifact: Artifact | None = None
+    #: several teachers acting as one: each teacher (the ensemble's path is the first one's: the student's layers
+    #: are copied from it)
+    members: tuple[ModelRef, ...] = ()
+
+    def artifacts(self) -> list[Artifact]:
+        own = [self.artifact] if self.artifact is not None else []
+        return own + [artifact for member in self.members for artifact in member.artifacts()]
 
 
 def _contents(*refs) -> dict[str, str]:
-    """Content digests of the cache artifacts among `refs` (ModelRef or Artifact), by kind/key."""
-    artifacts = [ref.artifact if isinstance(ref, ModelRef) else ref for ref in refs]
+    """Content digests of the cache artifacts among `refs` (ModelRef, its members, or Artifact), by kind/key."""
+    artifacts = [item for ref in refs for item in (ref.artifacts() if isinstance(ref, ModelRef) else [ref])]
     return {f"{item.kind}/{item.key}": item.content for item in artifacts if item is not None}
 
 
@@ -214,8 +224,13 @@ class Pipeline:
             self._on_main(check_run_dir)
             self._start_wandb()
             tokenizer, teacher = self.stage_teacher(data)
-            student = self.stage_student_init(teacher, tokenizer)
-            student = self.stage_predistill(student, teacher, tokenizer, data)
+            student = None  # none when the run only evaluates the teacher
+            if self.specs.student_used():
+                student = self.stage_student_init(teacher, tokenizer)
+                student = self.stage_predistill(student, teacher, tokenizer, data)
+            else:
+                for stage in ("student_init", "predistill"):
+                    self._mark_skipped(stage, {"reason": "pipeline.evaluate.model=teacher: no student"})
             samples = self.stage_teacher_sampling(teacher, tokenizer, data)
             signal = self.stage_teacher_signal(teacher, samples, tokenizer, data)
             set_seed(cfg.seed)
@@ -240,52 +255,86 @@ class Pipeline:
                                                             self.cfg.pair.prompt_format, ds.instruction)}
 
     def stage_teacher(self, data: dict) -> tuple[object, ModelRef]:
-        """teacher_sft: MLE fine-tuning of the teacher on the training pairs (or the given fine-tuned one)."""
+        """teacher_sft: MLE fine-tuning of the teacher on the training pairs (or the given fine-tuned one); with
+        pair.teachers, of each teacher on its own data (its seed, its subset), each its own cached artifact. Returns
+        the tokenizer and the teacher the later stages distil from (several teachers: their ensemble)."""
+        teachers = self.specs.teachers()
+        members, tokenizer = [], None
+        for index, teacher_cfg in enumerate(teachers):
+            label = "" if self.cfg.pair.teachers is None else f"[{teacher_cfg.label or index}]"
+            found_tokenizer, ref = self._one_teacher(teacher_cfg, label, data)
+            if tokenizer is None:
+                tokenizer = found_tokenizer
+            else:
+                check_same_vocab(tokenizer, found_tokenizer, f"teacher {teachers[0].label or 0}",
+                                 f"teacher {teacher_cfg.label or index}", advice=TEACHERS_ADVICE)
+            members.append(ref)
+        if not self.specs.is_ensemble():
+            return tokenizer, members[0]
+        self._info("[teacher] %d teachers as one: ensemble.method=%s", len(members), self.cfg.ensemble.method)
+        return tokenizer, ModelRef(members[0].path, self.specs.teacher_identity(), None, tuple(members))
+
+    def _one_teacher(self, teacher_cfg, label: str, data: dict) -> tuple[object, ModelRef]:
         cfg, pair = self.cfg, self.cfg.pair
         gguf = None
-        if pair.teacher.build is not None:
-            # tiny pair: tokenizer and random-init teacher built from the training texts (same load path after)
+        if teacher_cfg.build is not None:
+            # tiny pair: tokenizer and random-init teacher built from the training texts (same load path after;
+            # every teacher of a list gets the same tokenizer: built from all the texts, whatever its subset)
             texts = [text for _, source, target in data["pairs"] for text in (source, target)]
             # main process first: under torch.distributed, transformers' save_pretrained writes nothing on
             # other ranks, so their copy (tokenizer only) must never be the one published
+            spec = {"name": pair.name, "architecture": pair.architecture, "teacher": asdict(teacher_cfg)}
             with self.accelerator.main_process_first():
-                base_dir = str(prepare_tiny_pair(OmegaConf.to_container(self.raw.pair, resolve=True), texts,
-                                                 Path(cfg.paths.cache_dir) / "tiny"))
+                base_dir = str(prepare_tiny_pair(spec, texts, Path(cfg.paths.cache_dir) / "tiny",
+                                                 **({} if teacher_cfg.seed is None else {"init_seed": teacher_cfg.seed})))
             tokenizer_source = base_dir
-        elif pair.teacher.gguf_file is not None:
-            gguf = self.stage_gguf()
+        elif teacher_cfg.gguf_file is not None:
+            gguf = self.stage_gguf(teacher_cfg)
             base_dir = str(gguf.path / "model")
             tokenizer_source = pair.tokenizer or base_dir
         else:
-            base_dir = pair.teacher.name_or_path
-            tokenizer_source = pair.tokenizer or pair.teacher.name_or_path
+            base_dir = teacher_cfg.name_or_path
+            tokenizer_source = pair.tokenizer or teacher_cfg.name_or_path
         tokenizer = load_tokenizer(tokenizer_source)
         check_pair(cfg, tokenizer, base_dir)
-        base = ModelRef(base_dir, self.specs.base_teacher_identity(), gguf)
-        if self.specs.sft_skipped():
-            self._mark_skipped("teacher_sft", {"teacher": base_dir, "teacher_identity": base.identity})
+        base = ModelRef(base_dir, self.specs.base_teacher_identity(teacher_cfg), gguf)
+        if self.specs.sft_skipped(teacher_cfg):
+            self._mark_skipped(f"teacher_sft{label}", {"teacher": base_dir, "teacher_identity": base.identity})
             return tokenizer, base
         sft = cfg.pipeline.teacher_sft
-        spec = self.specs.teacher()
+        spec = self.specs.teacher(teacher_cfg)
 
         def build(work_dir: Path) -> None:
             teacher = self._load(base_dir, "trained")
             collator = data["collator_factory"](tokenizer)
-            training = self._training_set(tokenizer, data)
-            sources = self._sources(collator, training, sft.batch_size, cfg.pipeline.artifact_seed)
+            task = SyntheticTask(**dict(cfg.dataset.params)) if cfg.dataset.name == "synthetic" else None
+            training = teacher_training_set(self._training_set(tokenizer, data), teacher_cfg, data["pairs"], task)
+            seed = cfg.pipeline.artifact_seed if teacher_cfg.seed is None else teacher_cfg.seed
+            sources = self._sources(collator, training, sft.batch_size, seed)
             objective = NllObjective(divergence=None, distill=cfg.pipeline.distill, sources=sources, seed=0,
-                                     token_loss=self._token_loss("teacher_sft", None, teacher, tokenizer))
-            teacher = self._train_stage("teacher_sft", teacher, objective, sft, len(training.pair_target_ids), work_dir)
+                                     token_loss=self._token_loss(f"teacher_sft{label}", None, teacher, tokenizer))
+            teacher = self._train_stage(f"teacher_sft{label}", teacher, objective, sft,
+                                        len(training.pair_target_ids), work_dir)
             self._finish_artifact_build(teacher, tokenizer, work_dir)
 
         artifact = self.cache.get_or_build("teacher", spec, build, self.accelerator, inputs=_inputs(base))
-        self._mark_artifact_stage("teacher_sft", artifact)
+        self._mark_artifact_stage(f"teacher_sft{label}", artifact)
         teacher_dir = str(artifact.path / "model")
         return load_tokenizer(teacher_dir), ModelRef(teacher_dir, artifact.identity, artifact)
 
-    def stage_gguf(self) -> Artifact:
+    def _teacher_model(self, teacher: ModelRef):
+        """The teacher to distil from, loaded frozen (not yet prepared): one model, or the ensemble of several."""
+        if not teacher.members:
+            return self._load(teacher.path, "frozen")
+        models = [self._load(member.path, "frozen") for member in teacher.members]
+        rows = {model.get_output_embeddings().weight.shape[0] for model in models}
+        ensemble = self.cfg.ensemble
+        return Ensemble(models, EnsembleSpec(ensemble.method, tuple(ensemble.weights or ()), ensemble.beam_size,
+                                             ensemble.candidates, ensemble.metric), vocab_size=min(rows))
+
+    def stage_gguf(self, teacher=None) -> Artifact:
         """A GGUF teacher dequantised once into a safetensors checkpoint, keyed by the file's hash."""
-        teacher = self.cfg.pair.teacher
+        teacher = teacher or self.cfg.pair.teacher
         location, local_file = gguf_location(teacher.name_or_path, teacher.gguf_file, teacher.gguf_package)
 
         def build(work_dir: Path) -> None:
@@ -300,7 +349,7 @@ class Pipeline:
             else:
                 convert_gguf(location, teacher.gguf_file, self.cfg.pair.architecture, work_dir / "model")
 
-        artifact = self.cache.get_or_build("gguf", self.specs.gguf(), build, self.accelerator)
+        artifact = self.cache.get_or_build("gguf", self.specs.gguf(teacher), build, self.accelerator)
         self._mark("gguf", artifact.spec, {f"{artifact.kind}/{artifact.key}": artifact.content},
                    {"artifact": str(artifact.path), "key": artifact.key})
         return artifact
@@ -328,8 +377,9 @@ class Pipeline:
             student.save_pretrained(work_dir / "model", safe_serialization=True)
             tokenizer.save_pretrained(work_dir / "model")
 
-        artifact = self.cache.get_or_build("student_init", self.specs.student_init(teacher.identity), build,
-                                           self.accelerator, inputs=_inputs(teacher))
+        source = teacher.members[0] if teacher.members else teacher  # an ensemble's students start from its first
+        artifact = self.cache.get_or_build("student_init", self.specs.student_init(source.identity), build,
+                                           self.accelerator, inputs=_inputs(source))
         self._mark_artifact_stage("student_init", artifact)
         return ModelRef(str(artifact.path / "model"), artifact.identity, artifact)
 
@@ -340,21 +390,25 @@ class Pipeline:
             self._mark_skipped("predistill", {"student_identity": student.identity})
             return student
 
+        reads_teacher = self.specs.predistill_reads_teacher()
+
         def build(work_dir: Path) -> None:
-            teacher_model = self._load(teacher.path, "frozen")
+            teacher_model = self._teacher_model(teacher) if reads_teacher else None
             student_model = self._load(student.path, "trained")
             collator = data["collator_factory"](tokenizer)
             training = self._training_set(tokenizer, data)
             sources = self._sources(collator, training, cfg.batch_size, self.cfg.pipeline.artifact_seed)
             token_loss = self._token_loss("predistill", teacher_model, student_model, tokenizer)
-            token_loss.teacher = teacher_model = self._frozen(teacher_model)
+            if teacher_model is not None:
+                token_loss.teacher = teacher_model = self._frozen(teacher_model)
             objective = PredistillObjective(cfg, teacher_model, sources, token_loss)
             student_model = self._train_stage("predistill", student_model, objective, cfg,
                                               len(training.pair_target_ids), work_dir)
             self._finish_artifact_build(student_model, tokenizer, work_dir)
 
         artifact = self.cache.get_or_build("predistill", self.specs.predistill(student.identity, teacher.identity),
-                                           build, self.accelerator, inputs=_inputs(student, teacher))
+                                           build, self.accelerator,
+                                           inputs=_inputs(student, *([teacher] if reads_teacher else [])))
         self._mark_artifact_stage("predistill", artifact)
         return ModelRef(str(artifact.path / "model"), artifact.identity, artifact)
 
@@ -367,7 +421,7 @@ class Pipeline:
 
         def build(work_dir: Path) -> None:
             POSITION.enter("teacher_sampling")
-            teacher_model = self._frozen(self._load(teacher.path, "frozen"))
+            teacher_model = self._frozen(self._teacher_model(teacher))
             training = self._training_set(tokenizer, data)
             # every process samples its share; the main process writes them all. The build's seconds go to
             # artifact.json, not into the artifact: its content digest covers content only
@@ -387,8 +441,8 @@ class Pipeline:
         Returns the distilled student's directory and the stage's spec (None when disabled)."""
         cfg = self.cfg.pipeline.distill
         if not cfg.enabled:
-            self._mark_skipped("distill", {"student_identity": student.identity})
-            return student.path, None
+            self._mark_skipped("distill", {"student_identity": None if student is None else student.identity})
+            return (None if student is None else student.path), None
         out_dir = self.run_dir / "student"
         work_dir = self.run_dir / "distill"
         spec = self.specs.distill(student.identity, teacher.identity, None if samples is None else samples.identity,
@@ -417,7 +471,7 @@ class Pipeline:
         signals = self._teacher_signals(signal, tokenizer)
         teacher_model = None
         if self.checked.teacher_in_distill:
-            teacher_model = self._load(teacher.path, "frozen")
+            teacher_model = self._teacher_model(teacher)
         else:
             self._info("[distill] the teacher is not loaded: %s", "the cached signal covers every teacher term"
                        if cfg.teacher_signal == "offline" else f"served by {self.cfg.pipeline.teacher_server.url}")
@@ -537,15 +591,16 @@ class Pipeline:
         if not cfg.enabled:
             self._mark_skipped("evaluate", {})
             return {}
-        spec = self.specs.evaluate(distill_spec, student.identity, teacher.identity, data["eval_digest"])
+        spec = self.specs.evaluate(distill_spec, None if student is None else student.identity, teacher.identity,
+                                   data["eval_digest"])
         inputs = _contents(teacher) if distill_spec is not None else _contents(student, teacher)
 
         def decide() -> dict | None:  # the finished evaluation's metrics, or None to evaluate now
             if self.rundir.is_complete("evaluate", spec, inputs) and metrics_path.is_file():
-                log.info("[evaluate] already complete: %s (metrics.json); add pipeline.on_run_dir_conflict=archive or "
-                         "another run_name to run it again", self.run_dir)
+                log.info("[evaluate] already complete: %s (metrics.json); to evaluate again, give another run_name "
+                         "or move that run dir away", self.run_dir)
                 return json.loads(metrics_path.read_text())
-            if distill_spec is not None:
+            if distill_spec is not None and cfg.model == "student":
                 self._verify_run_student(Path(student_dir))
             log.info("[evaluate] %s split, %d inputs", cfg.split, len(data["eval_examples"]))
             return None
@@ -610,7 +665,7 @@ class Pipeline:
 
 
 def _inputs(*refs: ModelRef) -> list[Artifact]:
-    return [ref.artifact for ref in refs if ref.artifact is not None]
+    return [artifact for ref in refs for artifact in ref.artifacts()]
 
 
 def _digest_rows(rows) -> str:

@@ -22,6 +22,14 @@ from fdistill.pipeline.cache import checkpoint_fingerprint, config_hash
 from fdistill.sampling import SAMPLER_VERSION
 from fdistill.sampling.signal import SIGNAL_VERSION
 
+#: the fields that make one of several teachers differ (absent from the keys of a one-teacher pair)
+VARIANT_KEYS = ("label", "seed", "data_subset", "data_fraction")
+
+
+def _teacher_fields(teacher) -> dict:
+    """A teacher config's fields for its key, the unset variant ones left out (one-teacher keys stay as they were)."""
+    return {key: value for key, value in asdict(teacher).items() if key not in VARIANT_KEYS or value is not None}
+
 
 def artifact_identity(kind: str, spec: dict) -> dict:
     """The identity of the artifact `spec` builds (equal to `Artifact.identity` once it exists)."""
@@ -45,14 +53,14 @@ class StageSpecs:
                 "max_source_length": ds.max_source_length, "max_target_length": ds.max_target_length,
                 "prompt": [self.cfg.pair.prompt_format, ds.instruction]}
 
-    def gguf(self) -> dict:
+    def gguf(self, teacher=None) -> dict:
         """A GGUF teacher's conversion: the file's content and the transformers minor version that dequantises
         it (transformers 4.x converted these tokenizers wrongly)."""
         import transformers
 
         from fdistill.models.gguf import file_sha256, gguf_location
 
-        teacher = self.cfg.pair.teacher
+        teacher = teacher or self.cfg.pair.teacher
         sha256 = teacher.gguf_sha256
         if sha256 is None:
             _, local = gguf_location(teacher.name_or_path, teacher.gguf_file, teacher.gguf_package)
@@ -60,36 +68,73 @@ class StageSpecs:
         return {"gguf_sha256": sha256, "architecture": self.cfg.pair.architecture,
                 "transformers": ".".join(transformers.__version__.split(".")[:2])}
 
-    def base_teacher_identity(self) -> dict:
+    def teachers(self) -> list:
+        """The configs of the teachers this run uses: pair.teacher, or each entry of pair.teachers over it (with
+        ensemble.teacher_index: that one alone)."""
+        teachers, index = self.cfg.pair.all_teachers(), self.cfg.ensemble.teacher_index
+        return teachers if index is None else [teachers[index]]
+
+    def is_ensemble(self) -> bool:
+        return self.cfg.ensemble.method != "none"
+
+    def base_teacher_identity(self, teacher=None) -> dict:
         pair = self.cfg.pair
-        if pair.teacher.gguf_file is not None:
-            return {"artifact_of": artifact_identity("gguf", self.gguf()), "tokenizer": pair.tokenizer}
-        if pair.teacher.build is not None:
-            return {"tiny_pair": {"pair": asdict(pair.teacher), "architecture": pair.architecture,
+        teacher = teacher or pair.teacher
+        if teacher.gguf_file is not None:
+            return {"artifact_of": artifact_identity("gguf", self.gguf(teacher)), "tokenizer": pair.tokenizer}
+        if teacher.build is not None:
+            return {"tiny_pair": {"pair": _teacher_fields(teacher), "architecture": pair.architecture,
                                   "data": self.data(), "artifact_seed": self.cfg.pipeline.artifact_seed}}
-        identity = {"checkpoint": checkpoint_fingerprint(pair.teacher.name_or_path), "architecture": pair.architecture}
+        identity = {"checkpoint": checkpoint_fingerprint(teacher.name_or_path), "architecture": pair.architecture}
         if pair.tokenizer is not None:
             identity["tokenizer"] = checkpoint_fingerprint(pair.tokenizer)
         return identity
 
-    def sft_skipped(self) -> bool:
-        return self.cfg.pair.teacher.finetuned or not self.cfg.pipeline.teacher_sft.enabled
+    def sft_skipped(self, teacher=None) -> bool:
+        teacher = teacher or self.cfg.pair.teacher
+        return teacher.finetuned or not self.cfg.pipeline.teacher_sft.enabled
 
-    def teacher(self) -> dict:
+    def teacher(self, teacher=None) -> dict:
+        """One fine-tuned teacher (its variant: seed and training data, when it is one of several)."""
         pipe = self.cfg.pipeline
-        return {"base": self.base_teacher_identity(), "sft": asdict(pipe.teacher_sft), "data": self.data(),
+        teacher = teacher or self.cfg.pair.teacher
+        spec = {"base": self.base_teacher_identity(teacher), "sft": asdict(pipe.teacher_sft), "data": self.data(),
                 "artifact_seed": pipe.artifact_seed, "mixed_precision": pipe.mixed_precision}
+        variant = {key: getattr(teacher, key) for key in VARIANT_KEYS if getattr(teacher, key) is not None}
+        if variant:
+            spec["variant"] = variant
+        return spec
+
+    def one_teacher_identity(self, teacher=None) -> dict:
+        return self.base_teacher_identity(teacher) if self.sft_skipped(teacher) else \
+            artifact_identity("teacher", self.teacher(teacher))
 
     def teacher_identity(self) -> dict:
-        return self.base_teacher_identity() if self.sft_skipped() else artifact_identity("teacher", self.teacher())
+        """The teacher every later stage distils from: the one teacher, or the ensemble of pair.teachers (its
+        method and parameters, and every teacher's identity: changing one teacher changes it)."""
+        if not self.is_ensemble():
+            return self.one_teacher_identity(self.teachers()[0])
+        return {"ensemble": asdict(self.cfg.ensemble),
+                "teachers": [self.one_teacher_identity(teacher) for teacher in self.teachers()]}
 
-    def student_init(self, teacher_identity: dict) -> dict:
-        return {"teacher": teacher_identity, "student": asdict(self.cfg.pair.student)}
+    def init_source_identity(self) -> dict:
+        """The teacher the student is initialised from (its layers, or its config): the one teacher, or an
+        ensemble's first, so students of every ensemble of the same teachers start alike."""
+        return self.one_teacher_identity(self.teachers()[0])
+
+    def student_init(self, source_identity: dict) -> dict:
+        return {"teacher": source_identity, "student": asdict(self.cfg.pair.student)}
+
+    def predistill_reads_teacher(self) -> bool:
+        predistill = self.cfg.pipeline.predistill
+        return predistill.weight_kl > 0 or predistill.weight_hidden > 0
 
     def predistill(self, student_identity: dict, teacher_identity: dict) -> dict:
+        """MLE-only pre-distillation reads no teacher: its key has none (one artifact for every teacher)."""
         pipe = self.cfg.pipeline
-        return {"student": student_identity, "teacher": teacher_identity, "predistill": asdict(pipe.predistill),
-                "data": self.data(), "artifact_seed": pipe.artifact_seed, "mixed_precision": pipe.mixed_precision}
+        return {"student": student_identity, "teacher": teacher_identity if self.predistill_reads_teacher() else None,
+                "predistill": asdict(pipe.predistill), "data": self.data(), "artifact_seed": pipe.artifact_seed,
+                "mixed_precision": pipe.mixed_precision}
 
     def samples_needed(self) -> bool:
         pipe = self.cfg.pipeline
@@ -127,10 +172,17 @@ class StageSpecs:
                 "evaluate": asdict(self.cfg.pipeline.evaluate), "dataset": asdict(self.cfg.dataset),
                 "eval_examples_sha256": eval_digest, "seed": self.cfg.seed}
 
+    def student_used(self) -> bool:
+        """Whether the run makes a student at all (not when it only evaluates the teacher)."""
+        pipe = self.cfg.pipeline
+        return pipe.predistill.enabled or pipe.distill.enabled or pipe.evaluate.model == "student"
+
     def run_level(self, eval_digest: str) -> dict[str, dict]:
         """The specs of the enabled run-level stages (distill, evaluate), from the config alone."""
         teacher = self.teacher_identity()
-        student = artifact_identity("student_init", self.student_init(teacher))
+        student = None
+        if self.student_used():
+            student = artifact_identity("student_init", self.student_init(self.init_source_identity()))
         if self.cfg.pipeline.predistill.enabled:
             student = artifact_identity("predistill", self.predistill(student, teacher))
         samples = artifact_identity("teacher_samples", self.teacher_samples(teacher)) if self.samples_needed() else None

@@ -19,6 +19,17 @@ METHODS = {
         "TVD, online": "tvd (pipeline.distill.teacher_sampling=online)",
         "TVD, offline": "tvd (pipeline.distill.teacher_sampling=offline)",
     },
+    "KD tutorial": {  # multi-teacher part; the students there are the direct model's architecture
+        "direct translation (Liu et al. 2021)": "teacher (individual, published)",
+        "direct translation (replication)": "teacher (individual)",
+        "pivoting (en)": "teacher (pivoting)",
+        "word-level averaging ensemble": "teacher (ensemble=average)",
+        "word-level voting ensemble": "teacher (ensemble=vote)",
+        "sequence-level voting (MBR)": "teacher (ensemble=mbr)",
+        "EBBS": "teacher (ensemble=ebbs)", "EBBS (the ensemble itself)": "teacher (ensemble=ebbs)",
+        "direct, no distillation": "mle", "direct, self-distillation": "seqkd (ensemble.teacher_index=0)",
+        "direct, union distillation": "seqkd (ensemble=union)", "direct, EBBS distillation": "seqkd (ensemble=ebbs)",
+    },
     "AKL": {
         "Teacher": "teacher", "SFT": "mle", "SeqKD": "seqkd", "FKL": "kl", "RKL": "rkl", "SKL": "skl",
         "SRKL": "srkl", "FKL+RKL": "fkl_rkl (divergence.params.weight=0.5)", "AKL": "akl",

@@ -105,8 +105,11 @@ def sample_targets(model, collator, source_ids: Sequence[Sequence[int]], decodin
     across the processes and every process gets all the targets: the same as one process would produce. The
     model's train/eval mode is restored afterwards, so this can run inside a training step. `desc` shows a
     progress bar."""
+    from fdistill.models.ensemble import Ensemble
     from fdistill.parallel import is_sharded, unwrap
 
+    if isinstance(model, Ensemble):  # several teachers: their outputs follow the ensemble's method
+        return model.targets(collator, source_ids, decoding, num_samples, seed, batch_size, desc, row_keys, parallel)
     was_training = model.training
     model.eval()
     generator_model = model if is_sharded(model) else unwrap(model)
@@ -156,10 +159,11 @@ def sample_teacher_offline(teacher, collator, source_ids: Sequence[Sequence[int]
     """
     targets = sample_targets(teacher, collator, source_ids, decoding, num_samples, seed=seed, batch_size=batch_size,
                              desc="teacher sampling", row_keys=ids, parallel=parallel)
+    per_input = len(targets) // max(1, len(source_ids))  # num_samples, or K x num_samples for a union of K teachers
     dataset = datasets.Dataset.from_dict({
-        "example_index": [row // num_samples for row in range(len(targets))],
-        "id": [ids[row // num_samples] for row in range(len(targets))],
-        "sample_index": [row % num_samples for row in range(len(targets))],
+        "example_index": [row // per_input for row in range(len(targets))],
+        "id": [ids[row // per_input] for row in range(len(targets))],
+        "sample_index": [row % per_input for row in range(len(targets))],
         "target_ids": [list(target) for target in targets]})
     if out_dir is not None:
         dataset.save_to_disk(str(out_dir / SAMPLES_DIR))

@@ -169,8 +169,8 @@ class BatchSources:
         return self.references(micro_step) if self.fixed_data == "references" else self.teacher(micro_step)
 
 
-def _fraction_of(count: int, fraction: float) -> list[int]:
-    """The first ⌈fraction·count⌉ of a fixed permutation (seed 0), in order: the same subset for every method
+def _fraction_of(count: int, fraction: float, seed: int = 0) -> list[int]:
+    """The first ⌈fraction·count⌉ of a fixed permutation (`seed`), in order: the same subset for every method
     of a sweep, and smaller fractions are subsets of larger ones."""
     if fraction == 1.0:
         return list(range(count))
@@ -179,7 +179,43 @@ def _fraction_of(count: int, fraction: float) -> list[int]:
     import numpy as np
 
     keep = max(1, math.ceil(fraction * count))
-    return sorted(int(index) for index in np.random.default_rng(0).permutation(count)[:keep])
+    return sorted(int(index) for index in np.random.default_rng(seed).permutation(count)[:keep])
+
+
+def teacher_training_set(training: TrainingSet, teacher, pairs: Sequence[tuple[str, str, str]], task=None
+                         ) -> TrainingSet:
+    """The training pairs one of several teachers fine-tunes on (`pair.teachers[i]`): all of them; or
+    ``data_subset`` {shard: i, of: n}, the pairs of the i-th of n disjoint shards of the inputs (a seed-0
+    permutation); or {modes: [...]}, the synthetic task's pairs whose target is a verbalisation of those modes;
+    or ``data_fraction``, a fraction of the inputs (a permutation seeded by the teacher's seed)."""
+    import numpy as np
+
+    subset, fraction = teacher.data_subset, teacher.data_fraction
+    if subset is None and fraction is None:
+        return training
+    count = len(training.example_source_ids)
+    examples = set(range(count))
+    if fraction is not None:
+        examples &= set(_fraction_of(count, fraction, teacher.seed or 0))
+    if subset is not None and "shard" in subset:
+        order = np.random.default_rng(0).permutation(count)
+        examples &= {int(example) for position, example in enumerate(order) if position % subset["of"] == subset["shard"]}
+    owners = training.pair_example_index or list(range(len(training.pair_target_ids)))
+    kept = [index for index, example in enumerate(owners) if example in examples]
+    if subset is not None and "modes" in subset:
+        if task is None:
+            raise ValueError("data_subset {modes: [...]} selects the synthetic task's verbalisation modes; "
+                             "this dataset has none (use {shard: i, of: n})")
+        modes = set(subset["modes"])
+        kept = [index for index in kept if task.mode_of(pairs[index][1], pairs[index][2]) in modes]
+    if not kept:
+        raise ValueError(f"teacher {teacher.label or ''} data_subset={subset} data_fraction={fraction} selects no "
+                         "training pair")
+    return TrainingSet(pair_source_ids=[training.pair_source_ids[index] for index in kept],
+                       pair_target_ids=[training.pair_target_ids[index] for index in kept],
+                       example_source_ids=training.example_source_ids, example_sources=training.example_sources,
+                       example_references=training.example_references,
+                       pair_example_index=[owners[index] for index in kept])
 
 
 class _Subset:
