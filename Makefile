@@ -255,8 +255,13 @@ multiteacher_jobs = $(PY) run.py -m $(1) divergence=teacher ensemble=none ensemb
 	$(PY) run.py -m $(1) divergence=seqkd ensemble=union,ebbs seed=$(MT_SEEDS) && \
 	$(PY) run.py -m $(1) divergence=word_kd ensemble=average seed=$(MT_SEEDS)
 MT_SYNTHETIC_SWEEP = multiteacher_synthetic$(TAG)
-MT_SYNTHETIC_ARGS = dataset=synthetic pair=tiny_gpt2_gap pipeline=default +experiment=multiteacher_synthetic \
-	sweep_name=$(MT_SYNTHETIC_SWEEP) paths.output_dir=$(abspath $(OUTPUTS)) $(OVERRIDES)
+MT_SYNTHETIC_BASE = dataset=synthetic pair=tiny_gpt2_gap pipeline=default paths.output_dir=$(abspath $(OUTPUTS))
+MT_SYNTHETIC_ARGS = $(MT_SYNTHETIC_BASE) +experiment=multiteacher_synthetic sweep_name=$(MT_SYNTHETIC_SWEEP) $(OVERRIDES)
+# the second design (teachers that know different modes): the teachers and their ensembles only
+MT_MODES_ARGS = $(MT_SYNTHETIC_BASE) +experiment=multiteacher_synthetic_modes sweep_name=$(MT_SYNTHETIC_SWEEP)_modes \
+	divergence=teacher $(OVERRIDES)
+MT_SYNTHETIC_NOTE = synthetic data-to-text task, 6 uniform modes; teachers: the tiny GPT-2 (4 blocks, d=128), 120 \
+	fine-tuning steps each; student: 1 block, d=64, pre-distilled with MLE only (300 steps), distilled 120 steps
 multiteacher-synthetic: export OMP_NUM_THREADS = $(MT_THREADS)
 .PHONY: multiteacher-synthetic
 multiteacher-synthetic: $(ENV) ## multi-teacher KD on the synthetic task (3 teachers, 4 ensembles, 5 students x 3 seeds; CPU <= 30 min) -> results/multiteacher
@@ -264,17 +269,22 @@ multiteacher-synthetic: $(ENV) ## multi-teacher KD on the synthetic task (3 teac
 	@echo "start $$(date -u +%FT%TZ); $$(nproc --all) cores, OMP_NUM_THREADS=$$OMP_NUM_THREADS; load $$(cut -d' ' -f1-3 /proc/loadavg)" \
 		> $(MT_RESULTS)/wall_time_synthetic$(TAG).txt
 	@start=$$(date +%s); $(call multiteacher_jobs,$(MT_SYNTHETIC_ARGS)) && \
+	$(PY) run.py -m $(MT_MODES_ARGS) ensemble=none ensemble.teacher_index=0,1,2 && \
+	$(PY) run.py -m $(MT_MODES_ARGS) ensemble=average,vote,mbr,ebbs && \
 	echo "end $$(date -u +%FT%TZ); load $$(cut -d' ' -f1-3 /proc/loadavg); wall time $$(( $$(date +%s) - start )) s" \
 		>> $(MT_RESULTS)/wall_time_synthetic$(TAG).txt
 	$(MAKE) --no-print-directory multiteacher-synthetic-report
 
 .PHONY: multiteacher-synthetic-report
-multiteacher-synthetic-report: $(ENV) ## re-make results/multiteacher/synthetic.{md,csv} from the runs (no training)
+multiteacher-synthetic-report: $(ENV) ## re-make results/multiteacher/synthetic*.{md,csv} from the runs (no training)
 	$(PY) scripts/multiteacher_report.py --multirun-dir $(abspath $(OUTPUTS))/multirun/$(MT_SYNTHETIC_SWEEP) \
-		--out $(MT_RESULTS)/synthetic$(TAG) --note "make multiteacher-synthetic: synthetic data-to-text task, 6 \
-	uniform modes; teachers: the tiny GPT-2 (4 blocks, d=128), each fine-tuned on the pairs of 3 modes (A: 0-2, B: 2-4, \
-	C: 4, 5, 0); student: 1 block, d=64, pre-distilled with MLE only; conf/experiment/multiteacher_synthetic.yaml. \
-	Wall time and load: wall_time_synthetic$(TAG).txt."
+		--out $(MT_RESULTS)/synthetic$(TAG) --note "make multiteacher-synthetic: $(MT_SYNTHETIC_NOTE); teachers on \
+	disjoint thirds of the training inputs (conf/experiment/multiteacher_synthetic.yaml). Wall time and load: \
+	wall_time_synthetic$(TAG).txt."
+	$(PY) scripts/multiteacher_report.py --multirun-dir $(abspath $(OUTPUTS))/multirun/$(MT_SYNTHETIC_SWEEP)_modes \
+		--out $(MT_RESULTS)/synthetic_modes$(TAG) --teachers-only --note "make multiteacher-synthetic, second design: \
+	$(MT_SYNTHETIC_NOTE); each teacher fine-tuned on the pairs of 3 of the 6 modes (A: 0-2, B: 2-4, C: 4, 5, 0; \
+	conf/experiment/multiteacher_synthetic_modes.yaml); teachers and ensembles only."
 
 # The same recipe on WMT16 EN-RO with three T5-base teachers (disjoint thirds of the data): a GPU run
 # (conf/experiment/multiteacher_wmt.yaml; composed and validated by the default test suite).

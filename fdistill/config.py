@@ -542,8 +542,8 @@ class EnsembleConfig:
     weights: list[float] | None = None
     #: ebbs: Z, the width of the shared beam and of each teacher's lower beam
     beam_size: int = 4
-    #: mbr: temperature-1 samples of each teacher among which the minimum-Bayes-risk output is chosen
-    candidates: int = 4
+    #: mbr: candidates per teacher: its own output (greedy or beam) and candidates - 1 temperature-1 samples
+    candidates: int = 1
     #: mbr: the utility, a text metric of fdistill.evaluation
     metric: str = "bleu"
     #: method none with several teachers: use teacher number `teacher_index` (0-based) alone, as the one teacher

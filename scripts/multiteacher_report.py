@@ -83,12 +83,16 @@ def stats(frame: pd.DataFrame) -> dict[tuple[str, str], Stat]:
 
 
 def compare(better: Stat | None, worse: Stat | None, lower_is_better: bool = False) -> str:
-    """'holds (clear)', 'holds (within seed noise)', 'does not hold (…)' or 'missing'."""
+    """'holds (clear)', 'holds (within seed noise)', 'holds (one run each)', 'does not hold (…)', 'tie' or 'missing
+    runs'. A gap is clear when it exceeds the sum of the two standard deviations over seeds."""
     if better is None or worse is None:
         return "missing runs"
     gap = (worse.mean - better.mean) if lower_is_better else (better.mean - worse.mean)
     noise = better.std + worse.std
-    strength = "clear" if abs(gap) > noise else "within seed noise"
+    if better.n == 1 and worse.n == 1:
+        strength = "one run each"
+    else:
+        strength = "clear" if abs(gap) > noise else "within seed noise"
     if gap == 0:
         return "tie"
     return f"{'holds' if gap > 0 else 'does not hold'} ({strength})"
@@ -109,6 +113,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="output stem: writes <out>.md and <out>.csv")
     parser.add_argument("--teachers", type=int, default=3)
     parser.add_argument("--note", default="", help="how the run was made (command, machine, wall time)")
+    parser.add_argument("--teachers-only", action="store_true", help="the sweep has teacher and ensemble rows only")
     args = parser.parse_args()
 
     jobs, missing = collect_jobs(args.multirun_dir)
@@ -117,6 +122,8 @@ def main() -> None:
     frame = pd.DataFrame(records, columns=["label", "seed", "metric", "value"])
     table = stats(frame)
     layout = rows(args.teachers)
+    if args.teachers_only:
+        layout = [row for row in layout if row.label.startswith("teacher")]
     paper = paper_bleu()
 
     out = io.StringIO()
@@ -175,6 +182,8 @@ def main() -> None:
          "distillation's", compare(get("seqkd (ensemble=ebbs)", SAMPLE_TV), get("word_kd (ensemble=average)", SAMPLE_TV),
                                    lower_is_better=True), "stated, no number"),
     ]
+    if args.teachers_only:
+        claims = claims[:4]
     out.write("\n## The tutorial's claims on our numbers\n\n| claim | ours | tutorial |\n| --- | --- | --- |\n")
     for claim, verdict, tutorial in claims:
         out.write(f"| {claim} | {verdict} | {tutorial} |\n")

@@ -6,7 +6,9 @@ loads. Real (tiny, random) GPT-2 models throughout, their heads scaled so that s
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +18,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from fdistill.models import build_word_tokenizer
 from fdistill.models.ensemble import Ensemble, EnsembleSpec, bilevel_beams, mbr_select, mbr_utilities
+
+REPO = Path(__file__).resolve().parents[1]
 
 VOCAB, EOS, PAD = 4, 3, 0
 
@@ -253,8 +257,27 @@ def test_union_returns_every_teachers_outputs_grouped_per_input(tmp_path):
 
 
 # ------------------------------------------------------------------ MBR
+def test_mbr_over_the_teachers_outputs_takes_the_one_two_teachers_agree_on(tmp_path):
+    from fdistill.models import SeqCollator
+    from fdistill.sampling import sample_targets
+
+    tokenizer = build_word_tokenizer(["a b c d e f g"], tmp_path / "tokenizer")
+    collator = SeqCollator(tokenizer, False, 16, 16)
+
+    def teacher(seed):
+        return tiny_teacher(seed, vocab=len(tokenizer), eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+
+    sources = collator.encode_sources(["a b", "c a e d", "g"])
+    greedy = _decoding("greedy", max_new_tokens=8)
+    agreed, other = sample_targets(teacher(80), collator, sources, greedy), sample_targets(teacher(81), collator,
+                                                                                          sources, greedy)
+    assert agreed != other
+    for order in ([teacher(80), teacher(80), teacher(81)], [teacher(81), teacher(80), teacher(80)]):
+        assert ensemble(order, "mbr").targets(collator, sources, greedy) == agreed
+
+
 def test_mbr_picks_the_candidate_of_highest_expected_bleu_hand_computed():
-    """BLEU("a b c d e" | "a b c d k"): n-gram precisions 4/5, 3/4, 2/3, 1/2, brevity penalty 1, so
+    """Sentence BLEU("a b c d e" | "a b c d k"): n-gram precisions 4/5, 3/4, 2/3, 1/2, brevity penalty 1, so
     100 * (1/5) ** (1/4) = 66.87 both ways; identical strings score 100, disjoint ones 0. Expected utilities
     (mean over the other three): (100 + 0 + 66.87) / 3 = 55.62 for either copy of "a b c d e", 0 for
     "f g h i j", (66.87 + 66.87 + 0) / 3 = 44.58 for "a b c d k"."""
@@ -265,6 +288,7 @@ def test_mbr_picks_the_candidate_of_highest_expected_bleu_hand_computed():
     assert mbr_select(candidates, "bleu") == 0
     assert mbr_select(["f g h i j", "a b c d k", "a b c d e", "a b c d e"], "bleu") == 2
     assert mbr_select(["only one"], "bleu") == 0
+    assert mbr_utilities(["a d c", "a d c"], "bleu") == pytest.approx([100.0, 100.0])  # no 4-gram: effective order
 
 
 # ------------------------------------------------------------------ bad configs, before any model loads
@@ -313,3 +337,97 @@ def test_teachers_with_different_tokenizers_are_refused_naming_the_first_differi
     token_a = next(t for t, j in vocab_a.items() if j == index)
     assert f"first difference at id {index}: {token_a!r}" in message
     assert "cross-tokenizer" in message
+
+
+# ------------------------------------------------------------------ the cache: teachers once, rebuilt alone
+MT_TINY = [*SYNTHETIC_TEACHERS, "dataset.params.num_train=64", "dataset.params.num_validation=8",
+           "dataset.params.num_test=8", "pipeline.teacher_sft.max_steps=6", "pipeline.teacher_sft.batch_size=8",
+           "pipeline.teacher_sft.checkpoint_every=3", "pipeline.predistill.max_steps=2", "pipeline.predistill.batch_size=8",
+           "pipeline.distill.max_steps=2", "pipeline.distill.batch_size=4", "pipeline.teacher_sampling.batch_size=64",
+           "pipeline.teacher_sampling.decoding.max_new_tokens=12", "pipeline.evaluate.decoding.max_new_tokens=12",
+           "pipeline.evaluate.batch_size=8", "ensemble.beam_size=2"]
+
+
+def _run_multi_teacher(tmp_path, overrides: list[str], name: str, caplog) -> dict[str, list[str]]:
+    """Run the pipeline in-process; returns, per artifact kind, the log lines that built or reused it."""
+    from hydra import compose, initialize_config_dir
+
+    from fdistill.config import register_configs
+    from fdistill.pipeline import run_pipeline
+
+    register_configs()
+    caplog.clear()
+    paths = [f"paths.root={tmp_path}", f"paths.output_dir={tmp_path}/outputs", f"paths.cache_dir={tmp_path}/cache"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*paths, *MT_TINY, *overrides])
+    run_pipeline(cfg, tmp_path / name)
+    events: dict[str, list[str]] = {}
+    for record in caplog.records:
+        message = record.getMessage()
+        for verb in ("building", "using the cached artifact"):
+            if message.startswith("[") and f"] {verb} " in message:
+                kind = message.split(" ", 2)[-1].rstrip("/").split("/")[-2]
+                events.setdefault(kind, []).append(verb.split()[0])
+    return events
+
+
+def test_teachers_are_built_once_and_changing_one_rebuilds_it_and_its_ensembles_only(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    first = _run_multi_teacher(tmp_path, ["ensemble=ebbs", "divergence=seqkd"], "ebbs", caplog)
+    assert first["teacher"] == ["building"] * 3
+    assert first["teacher_samples"] == ["building"]
+    again = _run_multi_teacher(tmp_path, ["ensemble=average", "divergence=teacher"], "average", caplog)
+    assert again["teacher"] == ["using"] * 3 and "student_init" not in again  # no student for a teacher row
+    changed = _run_multi_teacher(tmp_path, ["ensemble=ebbs", "divergence=seqkd", "pair.teachers.1.seed=999"],
+                                 "ebbs_b999", caplog)
+    assert changed["teacher"] == ["using", "building", "using"]  # teacher B alone
+    assert changed["student_init"] == ["using"] and changed["predistill"] == ["using"]  # from teacher A; MLE only
+    assert changed["teacher_samples"] == ["building"]  # the ensemble's outputs: B is one of its teachers
+    assert len([path for path in (tmp_path / "cache" / "teacher").iterdir() if path.is_dir()]) == 4
+
+
+@pytest.mark.slow
+def test_ensemble_sampling_killed_midway_is_rebuilt_on_rerun_with_the_same_samples(tmp_path):
+    """SIGKILL run.py while the EBBS ensemble samples its targets (a scheduler ending the job): the re-run finds the
+    dead builder's partial dir, builds the samples again and gets exactly what an uninterrupted build gets."""
+    import signal
+    import subprocess
+    import time
+
+    from pipeline_cli import PYTHON, cli_env
+
+    from fdistill.pipeline.cache import MANIFEST
+
+    overrides = [*MT_TINY, "dataset.params.num_train=1500", "pipeline.teacher_sampling.decoding.max_new_tokens=32",
+                 "pipeline.teacher_sampling.batch_size=32", "ensemble=ebbs", "ensemble.beam_size=4",
+                 "divergence=seqkd", "pipeline.evaluate.enabled=false"]
+
+    def command(root: Path) -> list[str]:
+        return [str(PYTHON), "run.py", *overrides, f"paths.output_dir={root}/out", f"paths.cache_dir={root}/cache"]
+
+    log = tmp_path / "killed.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(command(tmp_path / "a"), cwd=REPO, env=cli_env(), stdout=output,
+                                   stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while "[teacher_samples] building" not in log.read_text():
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(2.0)
+        assert process.poll() is None, "the sampling finished before the kill: give it more inputs"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    samples_root = tmp_path / "a" / "cache" / "teacher_samples"
+    assert list(samples_root.glob("*.partial")) and not [path for path in samples_root.iterdir()
+                                                          if path.is_dir() and not path.name.endswith(".partial")]
+    for root in (tmp_path / "a", tmp_path / "b"):  # the re-run, and an uninterrupted build elsewhere
+        result = subprocess.run(command(root), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    built = [sorted(path for path in (root / "cache" / "teacher_samples").iterdir()
+                    if path.is_dir() and not path.name.endswith(".partial")) for root in (tmp_path / "a", tmp_path / "b")]
+    assert [len(found) for found in built] == [1, 1] and built[0][0].name == built[1][0].name
+    manifests = [json.loads((found[0] / MANIFEST).read_text()) for found in built]
+    assert manifests[0]["content"] == manifests[1]["content"]  # the same sample files, byte for byte

@@ -9,9 +9,9 @@
     - ``vote``: word-level 0/1 voting, greedy: each teacher's argmax gets its weight as a vote, the most voted
       token wins (ties: the larger mixture probability);
     - ``union``: each teacher's own samples, all of them (UnionKD: the union of the teachers' outputs);
-    - ``mbr``: each teacher's candidates (``candidates`` temperature-1 samples each for greedy decoding, each
-      teacher's beam output for beam decoding), then per input the candidate with the highest expected metric
-      against the others (minimum Bayes risk, sequence-level voting);
+    - ``mbr``: each teacher's own output (greedy or beam, as decoding says; plus ``candidates`` - 1
+      temperature-1 samples of each), then per input the candidate with the highest expected metric against the
+      others (minimum Bayes risk, sequence-level voting);
     - ``ebbs``: the bi-level beam search of EBBS: per step each teacher extends the shared beam by its top-Z
       continuations scored p(y) · p_k(v | y) (its lower beam); the upper level merges the lower beams, scoring
       each candidate by the weighted sum of the probabilities the lower beams give it, and keeps the top Z. With
@@ -42,7 +42,7 @@ class EnsembleSpec:
     method: str = "average"
     weights: tuple[float, ...] = ()
     beam_size: int = 4
-    candidates: int = 4
+    candidates: int = 1
     metric: str = "bleu"
 
 
@@ -326,12 +326,18 @@ def _union(ensemble, collator, source_ids, decoding, num_samples, seed, batch_si
 
 def mbr_utilities(candidates: Sequence[str], metric: str = "bleu") -> list[float]:
     """Each candidate's expected utility: its mean `metric` score against each of the other candidates taken as the
-    reference (minimum Bayes risk with the candidates as uniform evidence)."""
+    reference (minimum Bayes risk with the candidates as uniform evidence). ``bleu`` is sentence-level BLEU with
+    the effective n-gram order (sacrebleu.sentence_bleu, as MBR decoding uses it: corpus BLEU of one short
+    sentence is 0 whenever it has no 4-gram); every other metric is the registry's."""
+    import sacrebleu
+
     from fdistill.evaluation import evaluate_predictions
 
     def utility(hypothesis: str, reference: str) -> float:  # an empty candidate supports nothing
         if not reference.strip():
             return 0.0
+        if metric == "bleu":
+            return float(sacrebleu.sentence_bleu(hypothesis, [reference]).score)
         return float(evaluate_predictions([hypothesis], [[reference]], [metric])[0][metric])
 
     if len(candidates) == 1:
@@ -347,14 +353,18 @@ def mbr_select(candidates: Sequence[str], metric: str = "bleu") -> int:
 
 
 def _mbr(ensemble, collator, source_ids, decoding, seed, batch_size, row_keys, parallel) -> list[list[int]]:
+    """Each teacher's own output under `decoding` (greedy or beam), plus `candidates` - 1 temperature-1 samples of
+    each teacher; per input the candidate of highest expected utility."""
     from fdistill.config import DecodingConfig
 
-    # greedy: `candidates` temperature-1 samples of each teacher; beam: each teacher's beam output
-    candidate_decoding = decoding if decoding.strategy != "greedy" else DecodingConfig(
-        strategy="sample", temperature=1.0, max_new_tokens=decoding.max_new_tokens)
-    count = ensemble.spec.candidates if candidate_decoding.strategy == "sample" else 1
-    per_teacher = _teacher_targets(ensemble, collator, source_ids, candidate_decoding, count, seed, batch_size,
-                                   row_keys, parallel)
+    per_teacher = _teacher_targets(ensemble, collator, source_ids, decoding, 1, seed, batch_size, row_keys, parallel)
+    extra = ensemble.spec.candidates - 1
+    if extra > 0:
+        sampling = DecodingConfig(strategy="sample", temperature=1.0, max_new_tokens=decoding.max_new_tokens)
+        samples = _teacher_targets(ensemble, collator, source_ids, sampling, extra, seed, batch_size, row_keys,
+                                   parallel)
+        per_teacher = [[own + drawn for own, drawn in zip(outputs, more, strict=True)]
+                       for outputs, more in zip(per_teacher, samples, strict=True)]
     tokenizer = collator.tokenizer
     chosen = []
     for row in range(len(source_ids)):
