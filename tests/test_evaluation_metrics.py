@@ -24,7 +24,7 @@ def score(predictions, references, metrics, **options):
 
 def test_registry_lists_every_metric_of_the_issue_and_rejects_unknown_names():
     expected = {"bleu", "bleu1", "bleu2", "meteor", "ter", "chrf", "rouge1", "rouge2", "rougeL", "bertscore",
-                "moverscore", "bleurt", "self_bleu", "distinct_n", "synthetic_exact"}
+                "moverscore", "bleurt", "self_bleu", "distinct_n", "synthetic_exact", "degeneracy"}
     assert set(available_metrics()) == expected
     with pytest.raises(KeyError, match="unknown metric 'blue'.*bleu, bleu1"):
         get_metric("blue")

@@ -139,7 +139,7 @@ def _llama_cpp_permute(weight, heads: int):
         weight.shape)
 
 
-def write_tiny_gguf(folder: Path, texts: list[str], name: str = "tiny.gguf"):
+def write_tiny_gguf(folder: Path, texts: list[str], name: str = "tiny.gguf", layers: int = 3):
     """A tiny random Llama with a byte-level BPE tokenizer (trained on `texts`), written as llama.cpp does:
     float32 tensors under GGUF names, Q/K permuted, tied embeddings (no output.weight), tokenizer metadata,
     chat template. Returns the original model."""
@@ -154,7 +154,7 @@ def write_tiny_gguf(folder: Path, texts: list[str], name: str = "tiny.gguf"):
     state = json.loads(bpe.to_str())["model"]
     tokens = [token for token, _ in sorted(state["vocab"].items(), key=lambda item: item[1])]
     merges = [" ".join(merge) if isinstance(merge, list) else merge for merge in state["merges"]]
-    heads, kv_heads, layers = 4, 2, 3
+    heads, kv_heads = 4, 2
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokens), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
@@ -329,6 +329,44 @@ def test_the_hidden_state_term_is_the_mse_of_the_paired_layers_optionally_layer_
     expected = sum(((prepared(student_states[i + 1]) - prepared(teacher_states[j + 1])) ** 2).mean()
                    for i, j in enumerate([0, 3])) / 2
     assert math.isclose(float(value.detach()), float(expected.detach()), rel_tol=1e-4)
+
+
+def test_the_real_dart_configuration_runs_at_a_tiny_budget_on_a_30_layer_gguf_teacher(tmp_path, shared_data):
+    """`+experiment=real_dart` as `make real-dart` runs it (its prompts, lengths, budgets' shapes, the student's
+    layer choice out of 30, the GGUF path, the teacher row), with a tiny random 30-layer Llama in GGUF standing in
+    for SmolLM2 and every stage cut to a step or two."""
+    from hydra import compose, initialize_config_dir
+    from pipeline_cli import REPO
+
+    from fdistill.config import register_configs, validate_config
+    from fdistill.pipeline import run_pipeline
+
+    texts = ["Mars Hill College is located in North Carolina.", "(Mars Hill College, LOCATION, North Carolina)"] * 8
+    write_tiny_gguf(tmp_path / "gguf", texts, layers=30)
+    register_configs()
+
+    def config(*overrides: str):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return compose("config", overrides=[
+                "+experiment=real_dart", f"paths.root={tmp_path}", f"paths.cache_dir={tmp_path}/cache",
+                f"paths.output_dir={tmp_path}/out", f"dataset.data_dir={shared_data / 'dart'}",
+                "dataset.params.resplit_dev={seed: 0, validation: 4, test: 4}", "dataset.limit.train=8",
+                "dataset.metrics=[bleu,degeneracy]", f"pair.teacher.name_or_path={tmp_path / 'gguf'}",
+                "pair.teacher.gguf_file=tiny.gguf", "pair.teacher.gguf_package=null", "pair.teacher.gguf_sha256=null",
+                "pipeline.teacher_sft.max_steps=1", "pipeline.predistill.max_steps=1", "pipeline.distill.max_steps=1",
+                "pipeline.teacher_sft.batch_size=4", "pipeline.predistill.batch_size=4", "pipeline.distill.batch_size=4",
+                "pipeline.evaluate.analysis_limit=2", "pipeline.teacher_sampling.decoding.max_new_tokens=6",
+                "pipeline.distill.student_sampling.max_new_tokens=6", "pipeline.evaluate.decoding.max_new_tokens=6",
+                *overrides])
+
+    layers = validate_config(config()).pair.student.num_decoder_layers
+    teacher_row = run_pipeline(config("divergence=teacher"), tmp_path / "teacher")
+    student_row = run_pipeline(config("divergence=kl"), tmp_path / "kl")
+    for row in (teacher_row, student_row):
+        assert math.isfinite(row["bleu"]) and 0 <= row["repeated_4gram_share"] <= 1
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "kl" / "student")
+    assert student.config.num_hidden_layers == layers
+    assert not (tmp_path / "teacher" / "student").exists()  # the teacher row makes no student
 
 
 # ------------------------------------------------------------------ the real SmolLM2 pair (slow)

@@ -492,16 +492,27 @@ def test_clean_leaves_a_build_whose_builder_is_alive_and_deletes_under_the_lock(
 
 # ------------------------------------------------------------------ 8. a failing job does not stop a sweep
 def test_a_failing_job_does_not_stop_the_sweep_and_is_reported_at_the_end(tmp_path):
-    result = _cli("-m", "pipeline.distill.regime=gkd", "pipeline.distill.lam=2.0,0.0", *TINY,
+    # the bad value second: the command line's precheck composes each sweep at its first value, so a bad
+    # first value is refused before any job starts (the test below); this one fails as a job of its own
+    result = _cli("-m", "pipeline.distill.regime=gkd", "pipeline.distill.lam=0.0,2.0", *TINY,
                   f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache", "sweep_name=s",
                   "pipeline.evaluate.analyses=[]")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "fdistill: 1 of 2 jobs of the sweep failed" in result.stderr
-    assert "job 0 (" in result.stderr and "pipeline.distill.lam=2.0" in result.stderr and "[0, 1]" in result.stderr
+    assert "job 1 (" in result.stderr and "pipeline.distill.lam=2.0" in result.stderr and "[0, 1]" in result.stderr
     assert "Traceback" not in result.stderr
     finished = list((tmp_path / "out" / "multirun" / "s").glob("*/metrics.json"))
     assert len(finished) == 1
     assert json.loads((finished[0].parent / "config.json").read_text())["pipeline"]["distill"]["lam"] == 0.0
+
+
+def test_a_bad_first_sweep_value_is_refused_before_any_job_starts(tmp_path):
+    result = _cli("-m", "pipeline.distill.regime=gkd", "pipeline.distill.lam=2.0,0.0", *TINY,
+                  f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache", "sweep_name=s")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "pipeline.distill.lam (GKD student-data fraction λ)=2.0 is invalid" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
 # ------------------------------------------------------------------ 9. checkpoints are verified

@@ -166,3 +166,22 @@ def test_stage_times_list_each_jobs_builds_distillation_and_evaluation(tmp_path)
     assert "| js | distill | 200.0 |" in text
     # the teacher's training loop is inside its build and teacher_eval inside evaluate: not counted twice
     assert "| kl | 500.0 |" in text and "| js | 230.0 |" in text and "| **all jobs** | **730.0** |" in text
+
+
+def test_the_measured_teacher_row_is_in_the_table_and_required_rows_fail_when_absent(tmp_path, paper_csv):
+    """A divergence=teacher job (the fine-tuned teacher evaluated on the same inputs) is a row of ours beside the
+    paper's teacher row; with --require teacher a report without that job fails instead of showing the paper's."""
+    paper_csv.write_text(paper_csv.read_text() + "f-DISTILL,Table 2,dart,bart_dart,teacher,bleu,48.0,,,fixture\n")
+    root = tmp_path / "multirun"
+    write_job(root, 0, ["divergence=teacher", "seed=0"], {"bleu": 22.5})
+    write_job(root, 1, ["divergence=kl", "seed=0"], {"bleu": 15.0})
+    out = tmp_path / "table"
+    args = ["--multirun-dir", str(root), "--table", "T", "--out", str(out), "--method-key", "divergence",
+            "--paper-csv", str(paper_csv), "--paper-dataset", "dart", "--paper-pair", "bart_dart", "--require", "teacher"]
+    assert main(args) == 0
+    table = pd.read_csv(f"{out}.csv", comment="#")
+    teacher = table[(table["method"] == "teacher") & (table["metric"] == "bleu")].iloc[0]
+    assert teacher["mean"] == 22.5 and teacher["paper_value"] == 48.0
+    (root / "2026-01-01" / "12-00-00" / "0" / "metrics.json").unlink()
+    with pytest.raises(SystemExit, match=r"required row\(s\) \['teacher'\]"):
+        main(args)

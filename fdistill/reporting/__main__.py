@@ -36,6 +36,8 @@ Flags:
                          job (or an override such as pipeline.evaluate.decoding.temperature),
                          pipeline.distill.data_fraction, pipeline.distill.rl.alpha).
   --series-key KEY       override that defines the lines (default: divergence).
+  --require METHOD       a row the table must have (repeatable), e.g. teacher: the report fails without a finished
+                         job for it instead of showing the paper's row alone.
   --stage-times          also write STEM_stage_times.md: seconds per stage of every job (artifact builds,
                          distillation, evaluation) from metrics.json's timings_seconds.
 """
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--x-key")
     parser.add_argument("--series-key", default="divergence")
     parser.add_argument("--stage-times", action="store_true")
+    parser.add_argument("--require", action="append", default=[])
     return parser
 
 
@@ -111,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     jobs, missing = collect_jobs(args.multirun_dir)
     aggregated, fixed = aggregate_over_seeds(jobs, seed_key=args.seed_key, method_key=args.method_key)
+    absent = [method for method in args.require if method not in set(aggregated["method"])]
+    if absent:
+        raise SystemExit(f"no finished job for the required row(s) {absent} in {args.multirun_dir} (found "
+                         f"{sorted(set(aggregated['method']))}); run them first (e.g. divergence=teacher for the "
+                         "measured teacher row)")
     paper = load_paper_csv(args.paper_csv, args.paper_dataset, args.paper_pair) if args.paper_csv else None
     marked = add_marks(join_paper(aggregated, paper), args.lower_is_better)
     run_hardware = distinct_metadata(jobs, HARDWARE_METADATA_KEYS)
