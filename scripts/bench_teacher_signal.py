@@ -55,7 +55,9 @@ def child(run_dir: Path, overrides: list[str]) -> None:
     from fdistill.pipeline import run_pipeline
     from fdistill.pipeline.cache import read_stage_marker
 
-    metrics = run_pipeline(compose(overrides), run_dir)
+    run_pipeline(compose(overrides), run_dir)
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())["metrics"] if metrics_file.is_file() else {}
     marker = read_stage_marker(run_dir, "distill") or {}
     steps = []
     log = run_dir / "distill" / "log.csv"
@@ -64,7 +66,7 @@ def child(run_dir: Path, overrides: list[str]) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print("BENCH " + json.dumps({"peak_rss_mib": peak, "distill_seconds": marker.get("seconds"),
                                  "step_seconds": statistics.median(steps) if steps else None,
-                                 "metrics": (metrics or {}).get("metrics", {})}))
+                                 "metrics": metrics}))
 
 
 def run_child(work: Path, name: str, overrides: list[str]) -> dict:
@@ -274,7 +276,8 @@ def main() -> None:
         metrics = found["metrics"]
         lines.append(f"| {name} | {metrics.get('exposure/exposure_kl_teacher_prefixes', float('nan')):.4f} | "
                      f"{metrics.get('risk/coverage_risk_per_token', float('nan')):.4f} | "
-                     f"{metrics.get('bleu', float('nan')):.2f} | {found['distill_seconds'] or float('nan'):.0f} |")
+                     f"{metrics.get('bleu', float('nan')):.2f} | "
+                     f"{float('nan') if found['distill_seconds'] is None else found['distill_seconds']:.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -421,7 +421,7 @@ def test_the_real_smollm2_pair_runs_end_to_end_with_a_faithful_tokenizer(tmp_pat
     assert prompt.endswith("<|im_start|>user\nFacts: (Alimentum, area, riverside)<|im_end|>\n<|im_start|>assistant\n")
     assert prompt.startswith("<|im_start|>system\n")
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student").eval()
-    assert student.config.num_hidden_layers == 6
+    assert student.config.num_hidden_layers == 15
     prompts = collator.prompts(collator.encode_sources(["(Alimentum, area, riverside)", "(Paris, capital, France)"]))
     cached = generate_targets(student, prompts, tokenizer=tokenizer, max_new_tokens=10)
     assert cached == generate_targets(student, prompts, tokenizer=tokenizer, max_new_tokens=10, use_cache=False)
@@ -447,4 +447,33 @@ def test_the_device_script_runs_its_cpu_smoke_budget_without_a_gpu(tmp_path):
     assert "CPU (no CUDA device: smoke run with tiny budgets)" in (tmp_path / "tables" / "device_run.txt").read_text()
     for table in ("table2_dart_device.md", "table3_dart_device.md", "table2_dart_device_stage_times.md"):
         assert (tmp_path / "tables" / table).is_file(), table
-    assert len(list((tmp_path / "outputs" / "multirun" / "real_dart_smollm2_device").glob("*/metrics.json"))) == 7
+    assert len(list((tmp_path / "outputs" / "multirun" / "real_dart_smollm2_device").glob("*/metrics.json"))) == 8
+
+
+@pytest.mark.slow
+def test_the_teacher_signal_benchmark_runs_on_the_real_configuration_at_a_tiny_budget(tmp_path, shared_data):
+    """scripts/bench_teacher_signal.py (make bench-teacher-signal) end to end: `+experiment=real_dart` with a tiny
+    30-layer GGUF Llama for SmolLM2 and every run cut to a step or two; every section of the report is filled."""
+    import subprocess
+    import sys
+
+    from pipeline_cli import REPO
+
+    texts = ["Mars Hill College is located in North Carolina.", "(Mars Hill College, LOCATION, North Carolina)"] * 8
+    write_tiny_gguf(tmp_path / "gguf", texts, layers=30)
+    out = tmp_path / "teacher_signal.md"
+    command = [sys.executable, str(REPO / "scripts" / "bench_teacher_signal.py"), "--out", str(out),
+               "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "cache"), "--timing-steps", "2",
+               "--repeats", "1", "--short-steps", "1", "--analysis-limit", "2", "--batch", "2", "--draws", "2",
+               f"dataset.data_dir={shared_data / 'dart'}", "dataset.params.resplit_dev={seed: 0, validation: 4, test: 4}",
+               "dataset.limit.train=8", f"pair.teacher.name_or_path={tmp_path / 'gguf'}", "pair.teacher.gguf_file=tiny.gguf",
+               "pair.teacher.gguf_package=null", "pair.teacher.gguf_sha256=null", "pipeline.teacher_sft.max_steps=1",
+               "pipeline.predistill.max_steps=1", "pipeline.teacher_sft.batch_size=4", "pipeline.predistill.batch_size=4",
+               "pipeline.distill.batch_size=4", "pipeline.teacher_sampling.decoding.max_new_tokens=6",
+               "pipeline.distill.student_sampling.max_new_tokens=6", "pipeline.evaluate.decoding.max_new_tokens=6"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = out.read_text()
+    for section in ("## (a)", "## (b)", "## (c)", "## (d)", "| top-128 | bucket |", "| sampled m=32 |", "| median |"):
+        assert section in report, section
+    assert "nan" not in report
